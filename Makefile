@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine with Python 3.11+, make and a compiler:
+#   make demo   - simulator + embedded PostgreSQL: migrate, backfill 30 days, print a report
+#   make test   - lint, type checks and the whole test suite (real PostgreSQL, real HTTP)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
+
+.PHONY: demo test lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tcxc-etl demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check etl tests bench
+	$(BIN)/ruff format --check etl tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+
+bench: $(STAMP)
+	$(BIN)/python bench/load_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

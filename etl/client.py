@@ -1,0 +1,156 @@
+"""The TCXC API client: signs, sends and classifies one ``buyers/callhistory`` request.
+
+The only module that imports requests. One keep-alive session; connect and read timeouts;
+a fresh ``ts`` and signature on every attempt. A response is data only if it is the success
+envelope ``{"status": "success", "cdrs": [...]}``; anything else raises a typed ApiError, so
+an unrecognised answer can never be mistaken for "zero rows". Error messages never contain
+the API key or a signature (requests' own exceptions, which may quote the request, are
+summarised, not chained into our messages).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+
+from etl import __version__
+from etl.errors import (
+    ApiError,
+    AuthError,
+    FatalApiError,
+    RateLimitedError,
+    RetriableApiError,
+)
+from etl.signing import signed_params
+
+USER_AGENT = f"tcxc-etl/{__version__}"
+_TEMPORARY_WORDS = ("temporar", "try again", "retry", "timeout", "busy", "overload")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One successful answer: the raw records and the body they came from."""
+
+    records: list[Any]
+    body: bytes
+
+
+class ApiClient:
+    """Sends signed requests for one account over one keep-alive session."""
+
+    def __init__(
+        self,
+        url: str,
+        api_login: str,
+        api_key: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        clock: Callable[[], float] = time.time,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url
+        self.api_login = api_login
+        self._api_key = api_key
+        self._timeouts = (connect_timeout, read_timeout)
+        self._clock = clock
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"ApiClient(url={self.url!r}, api_login={self.api_login!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def fetch_page(self, params: dict[str, str]) -> Page:
+        """POST one request with ``params`` plus fresh auth fields; return its records."""
+        form = {"show": "all", **params}
+        form.update(signed_params(self._api_key, self.api_login, int(self._clock())))
+        self.requests_sent += 1
+        try:
+            response = self._session.post(self.url, data=form, timeout=self._timeouts)
+            body = response.content
+        except requests.Timeout:
+            raise RetriableApiError("the API did not answer in time") from None
+        except requests.ConnectionError as exc:
+            raise RetriableApiError(f"cannot reach the API: {_reason(exc)}") from None
+        except requests.RequestException as exc:
+            raise RetriableApiError(f"request failed: {type(exc).__name__}") from None
+        return classify(response.status_code, response.headers, body)
+
+
+def classify(status: int, headers: Any, body: bytes) -> Page:
+    """Turn one HTTP answer into a Page or raise the ApiError that describes it."""
+    if status == 429:
+        raise RateLimitedError(
+            "the API's rate limit was hit (HTTP 429)",
+            status=status,
+            retry_after=_retry_after(headers.get("Retry-After")),
+        )
+    if status >= 500:
+        raise RetriableApiError(f"the API failed with HTTP {status}", status=status)
+    if status >= 400:
+        raise FatalApiError(f"the API refused the request with HTTP {status}", status=status)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _unparsable(status, headers, body) from None
+    return _envelope(payload, status, body)
+
+
+def _envelope(payload: Any, status: int, body: bytes) -> Page:
+    if not isinstance(payload, dict):
+        raise FatalApiError(f"unrecognised response: a JSON {type(payload).__name__}")
+    state = payload.get("status")
+    if state == "success":
+        records = payload.get("cdrs")
+        if isinstance(records, list):
+            return Page(records=records, body=body)
+        raise FatalApiError("unrecognised success response: no `cdrs` list", status=status)
+    message = str(payload.get("error") or payload.get("message") or "")[:200]
+    if state == "fail" and "signature" in message.lower():
+        raise AuthError(
+            "the API rejected the signature: check TCXC_API_KEY and TCXC_API_LOGIN, and "
+            "that this machine's clock is right (the timestamp is signed)",
+            status=status,
+        )
+    if state in ("fail", "error"):
+        if any(word in message.lower() for word in _TEMPORARY_WORDS):
+            raise RetriableApiError(f"the API reported a temporary error: {message}")
+        raise FatalApiError(f"the API reported an error: {message or '(no message)'}")
+    keys = ", ".join(sorted(str(key) for key in payload)[:8])
+    raise FatalApiError(f"unrecognised response: status={state!r}, keys: {keys}")
+
+
+def _unparsable(status: int, headers: Any, body: bytes) -> ApiError:
+    kind = str(headers.get("Content-Type", "")).split(";")[0] or "unknown type"
+    stripped = body.lstrip()
+    if stripped.startswith((b"{", b"[")):
+        return RetriableApiError(f"truncated JSON response ({len(body)} bytes)", status=status)
+    if not stripped:
+        return RetriableApiError("empty response body", status=status)
+    return RetriableApiError(f"non-JSON response ({kind}, {len(body)} bytes)", status=status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _reason(exc: requests.RequestException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "reset by peer"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__

@@ -1,0 +1,215 @@
+"""Settings: parsed once at the edge (CLI, daemon) into an immutable, typed object.
+
+Sources, later ones winning: built-in defaults, a TOML file given with ``--config``, the
+environment. Every problem is collected and reported at once, each naming its setting.
+Secrets are held in ``Secret`` so that no repr, log line or error can show them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from etl.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.telecomsxchange.com/buyers/callhistory"
+RAW_PAYLOAD_MODES = ("full", "extra")
+
+
+class Secret:
+    """A string that never shows itself in repr() or str()."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value; call only where it is sent, never where it is printed."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know; built by ``load_settings``."""
+
+    api_url: str = DEFAULT_API_URL
+    api_login: str = ""
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    database_url: Secret = field(default_factory=lambda: Secret(""))
+    api_timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    page_size: int = 1000
+    window: timedelta = timedelta(days=1)
+    prefix: str = ""
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    max_pages_per_window: int = 100_000
+    raw_payload: str = "full"
+    embedded_dir: Path | None = None
+    embedded_port: int = 54329
+
+    @property
+    def has_database_url(self) -> bool:
+        return bool(self.database_url)
+
+    def require_credentials(self) -> None:
+        """Raise ConfigError naming each API credential that is missing."""
+        problems = []
+        if not self.api_login:
+            problems.append("TCXC_API_LOGIN is not set: give the TCXC buyer login")
+        if not self.api_key:
+            problems.append("TCXC_API_KEY is not set: give the API key from the TCXC portal")
+        if problems:
+            raise ConfigError(problems)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90s', '15m', '6h', '1d' (or a bare number of seconds) into a timedelta."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as 30m, 6h or 1d")
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _api_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as " + DEFAULT_API_URL)
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; use TCXC_API_LOGIN and TCXC_API_KEY")
+    return text
+
+
+def _database_url(text: str) -> Secret:
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if not scheme.startswith("postgresql") and scheme != "postgres":
+        raise ValueError("must be a postgresql:// URL (or postgresql+psycopg://)")
+    return Secret(text)
+
+
+def _timezone(text: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{text!r} is not an IANA time zone such as UTC or Europe/London"
+        ) from None
+
+
+def _raw_payload(text: str) -> str:
+    if text not in RAW_PAYLOAD_MODES:
+        raise ValueError("must be one of " + ", ".join(RAW_PAYLOAD_MODES))
+    return text
+
+
+def _prefix(text: str) -> str:
+    if text and not text.isdigit():
+        raise ValueError("must be digits, such as 44")
+    return text
+
+
+# setting name (env var; the TOML key is the same in lower case) -> (field, parser)
+SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "TCXC_API_URL": ("api_url", _api_url),
+    "TCXC_API_LOGIN": ("api_login", str.strip),
+    "TCXC_API_KEY": ("api_key", Secret),
+    "DATABASE_URL": ("database_url", _database_url),
+    "TCXC_API_TIMEZONE": ("api_timezone", _timezone),
+    "TCXC_PAGE_SIZE": ("page_size", _int_in(1, 100_000)),
+    "TCXC_WINDOW": ("window", parse_duration),
+    "TCXC_PREFIX": ("prefix", _prefix),
+    "TCXC_CONNECT_TIMEOUT": ("connect_timeout", _positive_float),
+    "TCXC_READ_TIMEOUT": ("read_timeout", _positive_float),
+    "TCXC_MAX_PAGES_PER_WINDOW": ("max_pages_per_window", _int_in(1, 10_000_000)),
+    "TCXC_RAW_PAYLOAD": ("raw_payload", _raw_payload),
+    "TCXC_EMBEDDED_DIR": ("embedded_dir", Path),
+    "TCXC_EMBEDDED_PORT": ("embedded_port", _int_in(1024, 65535)),
+}
+SECRET_SETTINGS = frozenset({"TCXC_API_KEY", "DATABASE_URL"})
+
+
+def _read_toml(path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"--config {path}: cannot read the file ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"--config {path}: not valid TOML ({exc})"]) from None
+    known = {name.lower(): name for name in SETTINGS}
+    values: dict[str, str] = {}
+    problems = []
+    for key, value in data.items():
+        if key.lower() not in known:
+            problems.append(f"--config {path}: unknown setting {key!r}")
+        elif isinstance(value, dict | list):
+            problems.append(f"--config {path}: {key} must be a single value")
+        else:
+            values[known[key.lower()]] = str(value)
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
+    """Build Settings from a TOML file and the environment, or raise one ConfigError."""
+    raw = _read_toml(config_path) if config_path else {}
+    raw.update({name: env[name] for name in SETTINGS if env.get(name, "") != ""})
+    values: dict[str, Any] = {}
+    problems = []
+    for name, text in raw.items():
+        attr, parse = SETTINGS[name]
+        try:
+            values[attr] = parse(text)
+        except ValueError as exc:
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(text)
+            problems.append(f"{name}={shown}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values)
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ***, safe to print."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)

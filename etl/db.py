@@ -1,0 +1,122 @@
+"""Database connections: URL handling, engines, and translation of driver errors.
+
+Only this module, ``load`` and ``state`` talk to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from etl.errors import DatabaseError, TransientDatabaseError
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept postgres://, postgresql:// or postgresql+psycopg:// and use psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    scheme, rest = url.split("://", 1)
+    if scheme == "postgresql":
+        scheme = "postgresql+psycopg"
+    return f"{scheme}://{rest}"
+
+
+def libpq_url(url: str) -> str:
+    """The same database as a plain postgresql:// URL (for psql and BI tools)."""
+    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(False)
+
+
+def make_engine(url: str) -> Engine:
+    """One engine per process; connections are checked before use."""
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_pre_ping=True,
+        pool_size=4,
+        connect_args={"application_name": "tcxc-etl"},
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a database error may pass if the work is tried again."""
+    original = getattr(exc, "orig", exc)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        original,
+        psycopg.OperationalError
+        | psycopg.errors.SerializationFailure
+        | psycopg.errors.DeadlockDetected,
+    )
+
+
+def translate(exc: BaseException, where: str) -> DatabaseError:
+    """Our error for a driver error, with where it happened and without the SQL text."""
+    original = getattr(exc, "orig", exc)
+    summary = str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
+    kind = TransientDatabaseError if is_transient(exc) else DatabaseError
+    return kind(f"database error during {where}: {summary}")
+
+
+@contextmanager
+def database_errors(where: str) -> Iterator[None]:
+    """Translate SQLAlchemy and psycopg errors raised inside the block."""
+    try:
+        yield
+    except (sa_exc.SQLAlchemyError, psycopg.Error) as exc:
+        raise translate(exc, where) from exc
+
+
+def alembic_config() -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (``alembic upgrade``)."""
+    with database_errors("migration"), engine.begin() as connection:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the database to ``revision`` (``alembic downgrade``)."""
+    with database_errors("migration"), engine.begin() as connection:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, revision)
+
+
+@contextmanager
+def open_database(url: str, embedded_dir: Path | None, embedded_port: int) -> Iterator[Engine]:
+    """An engine on ``url``, or on the embedded PostgreSQL (started on demand) if it is ''."""
+    if url:
+        engine = make_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+        return
+    from etl.embedded import default_data_dir, embedded_database
+
+    data_dir = embedded_dir or default_data_dir()
+    with embedded_database(data_dir, embedded_port) as embedded_url:
+        log.info("using the embedded PostgreSQL data_dir=%s url=%s", data_dir, embedded_url)
+        engine = make_engine(embedded_url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()

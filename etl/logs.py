@@ -1,0 +1,54 @@
+"""Logging set-up: key=value lines on stderr, with secrets redacted from every record.
+
+The redaction is a last line of defence: no code path logs the key or a signature on
+purpose, but third-party libraries at DEBUG level may log request details.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+_SIGNATURE = re.compile(r"\b[0-9a-fA-F]{64}\b")
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces known secrets and anything shaped like a SHA-256 signature with ***."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [secret for secret in secrets if len(secret) >= 4]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return _SIGNATURE.sub("***", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def configure(verbose: bool, secrets: Iterable[str] = ()) -> RedactingFilter:
+    """Send log records to stderr through a redacting filter; return the filter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    redactor = RedactingFilter(secrets)
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "alembic", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    return redactor

@@ -1,0 +1,173 @@
+"""The warehouse schema as SQLAlchemy metadata; Alembic migrations must match it exactly.
+
+Tables
+- ``cdr``: one row per i_cdr, the API's fields as typed columns (lower-case API names), the
+  account login, the raw payload (JSONB) and load timestamps.
+- ``cdr_reject``: records that could not be normalised, with the reason and the raw payload.
+- ``cdr_conflict``: records whose i_cdr was already held with a different call_id.
+- ``sync_state``: per account and prefix, the incremental watermark.
+- ``sync_window``: per window of each run, its bounds, counts and outcome (ledger + history).
+- ``etl_run``: one row per run of a command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
+
+from etl.normalize import BIGINT, COUNT, DECIMAL, FIELD_KINDS, TIME
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_TYPES: dict[str, Callable[[], TypeEngine[Any]]] = {
+    BIGINT: BigInteger,
+    COUNT: Integer,
+    DECIMAL: Numeric,
+    TIME: lambda: DateTime(timezone=True),
+}
+
+
+def _field_columns() -> list[Column[object]]:
+    columns: list[Column[object]] = []
+    for name, kind in FIELD_KINDS.items():
+        column_type = _TYPES.get(kind, Text)()
+        columns.append(Column(name, column_type, primary_key=name == "i_cdr", autoincrement=False))
+    return columns
+
+
+def _now() -> Column[object]:
+    return Column("loaded_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+cdr = Table(
+    "cdr",
+    metadata,
+    *_field_columns(),
+    Column("api_login", Text, nullable=False),
+    Column("raw", JSONB, nullable=False),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_cdr_connect_time", "connect_time"),
+    Index("ix_cdr_api_login_connect_time", "api_login", "connect_time"),
+    Index("ix_cdr_country_name_connect_time", "country_name", "connect_time"),
+    Index("ix_cdr_i_vendor_connect_time", "i_vendor", "connect_time"),
+    Index(
+        "ix_cdr_billing_prefix",
+        "billing_prefix",
+        postgresql_ops={"billing_prefix": "text_pattern_ops"},
+    ),
+    Index("ix_cdr_cld", "cld", postgresql_ops={"cld": "text_pattern_ops"}),
+)
+
+cdr_reject = Table(
+    "cdr_reject",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("api_login", Text, nullable=False),
+    Column("i_cdr", Text),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+    Column("raw_digest", Text, nullable=False),
+    Column("run_id", BigInteger, ForeignKey("etl_run.id", ondelete="SET NULL")),
+    Column("window_start", DateTime(timezone=True)),
+    Column("window_end", DateTime(timezone=True)),
+    _now(),
+    UniqueConstraint("api_login", "raw_digest"),
+)
+
+cdr_conflict = Table(
+    "cdr_conflict",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("i_cdr", BigInteger, nullable=False),
+    Column("api_login", Text, nullable=False),
+    Column("kept_call_id", Text),
+    Column("incoming_call_id", Text),
+    Column("stored_payload", JSONB),
+    Column("incoming_payload", JSONB, nullable=False),
+    Column("payload_digest", Text, nullable=False),
+    Column("run_id", BigInteger, ForeignKey("etl_run.id", ondelete="SET NULL")),
+    _now(),
+    UniqueConstraint("i_cdr", "payload_digest"),
+)
+
+etl_run = Table(
+    "etl_run",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("command", Text, nullable=False),
+    Column("api_login", Text),
+    Column("range_start", DateTime(timezone=True)),
+    Column("range_end", DateTime(timezone=True)),
+    Column("status", Text, nullable=False, server_default=text("'running'")),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("windows", Integer, nullable=False, server_default=text("0")),
+    Column("pages", Integer, nullable=False, server_default=text("0")),
+    Column("rows_fetched", BigInteger, nullable=False, server_default=text("0")),
+    Column("inserted", BigInteger, nullable=False, server_default=text("0")),
+    Column("updated", BigInteger, nullable=False, server_default=text("0")),
+    Column("unchanged", BigInteger, nullable=False, server_default=text("0")),
+    Column("rejected", BigInteger, nullable=False, server_default=text("0")),
+    Column("conflicts", BigInteger, nullable=False, server_default=text("0")),
+    Column("error", Text),
+)
+
+sync_window = Table(
+    "sync_window",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, ForeignKey("etl_run.id", ondelete="CASCADE"), nullable=False),
+    Column("api_login", Text, nullable=False),
+    Column("prefix", Text, nullable=False, server_default=text("''")),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("pages", Integer, nullable=False, server_default=text("0")),
+    Column("rows_fetched", BigInteger, nullable=False, server_default=text("0")),
+    Column("inserted", BigInteger, nullable=False, server_default=text("0")),
+    Column("updated", BigInteger, nullable=False, server_default=text("0")),
+    Column("unchanged", BigInteger, nullable=False, server_default=text("0")),
+    Column("rejected", BigInteger, nullable=False, server_default=text("0")),
+    Column("conflicts", BigInteger, nullable=False, server_default=text("0")),
+    Column("duration_s", Double, nullable=False, server_default=text("0")),
+    Column("error", Text),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_sync_window_api_login_window_start", "api_login", "window_start"),
+    Index("ix_sync_window_run_id", "run_id"),
+)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("api_login", Text, primary_key=True),
+    Column("prefix", Text, primary_key=True, server_default=text("''")),
+    Column("watermark", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,231 @@
+"""One login's CDRs as the API sees them: generated rows, late ones, re-rates, selections.
+
+A selection is the ordered list of rows a query (window, prefix) matches. Rows are referred to
+by number: ``0 .. len(table) - 1`` are generated rows, ``len(table) + k`` is the k-th published
+record. Selections are cached, so paging through a window does not redo the work per page.
+The caller (the engine) holds one lock around every method.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from etl.simulator.catalog import DESTINATIONS
+from etl.simulator.data import TIME_FORMAT, CdrTable, to_epoch
+
+_LAST = 1 << 62  # sort position of a record without a parsable time
+_M64 = (1 << 64) - 1
+_CACHE_SIZE = 32
+
+IcdrKey = tuple[int, int, str]
+AscKey = tuple[int, int, int, str]
+
+
+def _epoch_of(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return to_epoch(datetime.strptime(value, TIME_FORMAT))
+    except ValueError:
+        return None
+
+
+def _icdr_key(value: object) -> IcdrKey:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (0, value, "")
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return (0, int(value), "")
+    return (1, 0, str(value))
+
+
+def _mix(value: int) -> int:
+    """A fixed pseudo-random 64-bit image of ``value`` (the "shuffled" order)."""
+    x = (value * 0x9E3779B97F4A7C15) & _M64
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    return x ^ (x >> 29)
+
+
+@dataclass
+class _Published:
+    record: dict[str, Any]
+    text: str
+    filter_time: int | None
+    cld: str | None
+    icdr_key: IcdrKey
+    asc_key: AscKey
+    shuffle_key: int
+
+
+def _published(record: dict[str, Any], filter_field: str) -> _Published:
+    text = orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    icdr_key = _icdr_key(record.get("i_cdr"))
+    setup = _epoch_of(record.get("setup_time"))
+    cld = record.get("CLD")
+    digest = hashlib.blake2b(repr(icdr_key).encode(), digest_size=8).digest()
+    return _Published(
+        record=record,
+        text=text,
+        filter_time=_epoch_of(record.get(filter_field)),
+        cld=cld if isinstance(cld, str) else None,
+        icdr_key=icdr_key,
+        asc_key=(_LAST if setup is None else setup, *icdr_key),
+        shuffle_key=int.from_bytes(digest, "big"),
+    )
+
+
+class AccountStore:
+    """The CDRs of one login and the queries the API answers over them."""
+
+    def __init__(self, table: CdrTable, filter_field: str, order: str) -> None:
+        self.table = table
+        self._n = len(table)
+        self._filter_field = filter_field
+        self._order = order
+        self._perm: array[int] | None = None
+        self._keys: Sequence[int] = table.setup
+        if filter_field != "setup_time":
+            times = table.connect if filter_field == "connect_time" else table.disconnect
+            values = [times(i) for i in range(self._n)]
+            perm = sorted(range(self._n), key=values.__getitem__)
+            self._perm = array("q", perm)
+            self._keys = array("q", [values[i] for i in perm])
+        self._published: list[_Published] = []
+        self._amounts: dict[int, str] = {}
+        self._cache: OrderedDict[tuple[int | None, int | None, str], Sequence[int]]
+        self._cache = OrderedDict()
+
+    def page(self, lo: int | None, hi: int | None, prefix: str, off: int, limit: int) -> list[str]:
+        """JSON text of the rows ``off .. off + limit`` of the query, in the configured order."""
+        selection = self.select(lo, hi, prefix)
+        return [self._text(ref) for ref in selection[off : off + limit]]
+
+    def select(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
+        """Row numbers whose filter time is in ``[lo, hi]`` and CLD starts with ``prefix``."""
+        key = (lo, hi, prefix)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._compute(lo, hi, prefix)
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return found
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Add a raw record; it is served from the next query on."""
+        self._published.append(_published(record, self._filter_field))
+        self._cache.clear()
+
+    def rerate(self, i_cdr: str, amount: str) -> None:
+        """Change ``customer_amount`` of every row numbered ``i_cdr``; KeyError if none."""
+        found = False
+        kind, number, _ = _icdr_key(i_cdr)
+        icdrs = self.table.icdr
+        row = bisect.bisect_left(icdrs, number)
+        if kind == 0 and row < self._n and icdrs[row] == number:
+            self._amounts[row] = amount
+            found = True
+        for k, item in enumerate(self._published):
+            if str(item.record.get("i_cdr")) == i_cdr:
+                record = {**item.record, "customer_amount": amount}
+                self._published[k] = _published(record, self._filter_field)
+                found = True
+        if not found:
+            raise KeyError(f"no CDR with i_cdr {i_cdr!r}")
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record with its latest values, in ``i_cdr`` order."""
+        generated: list[dict[str, Any]] = orjson.loads(
+            "[" + ",".join(self._text(row) for row in range(self._n)) + "]"
+        )
+        if not self._published:
+            return generated
+        icdrs = self.table.icdr
+        pairs: Iterator[tuple[IcdrKey, dict[str, Any]]] = heapq.merge(
+            (((0, icdrs[row], ""), record) for row, record in enumerate(generated)),
+            sorted(((p.icdr_key, orjson.loads(p.text)) for p in self._published), key=_first),
+            key=_first,
+        )
+        return [record for _, record in pairs]
+
+    def _text(self, ref: int) -> str:
+        if ref < self._n:
+            return self.table.record_json(ref, self._amounts.get(ref))
+        return self._published[ref - self._n].text
+
+    def _compute(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
+        first = 0 if lo is None else bisect.bisect_left(self._keys, lo)
+        last = self._n if hi is None else bisect.bisect_right(self._keys, hi)
+        rows: Sequence[int]
+        if self._perm is None:
+            rows = range(first, max(first, last))
+        else:
+            rows = array("q", sorted(self._perm[first:last]))
+        if prefix:
+            rows = self._with_prefix(rows, prefix)
+        extra = [
+            self._n + k
+            for k, item in enumerate(self._published)
+            if (item.filter_time is None or _inside(item.filter_time, lo, hi))
+            and (not prefix or (item.cld is not None and item.cld.startswith(prefix)))
+        ]
+        if extra:
+            merged = list(rows)
+            for ref in extra:
+                bisect.insort(merged, ref, key=self._asc_key)
+            rows = merged
+        return self._ordered(rows)
+
+    def _with_prefix(self, rows: Sequence[int], prefix: str) -> array[int]:
+        match = bytes(
+            2 if d.prefix.startswith(prefix) else 1 if prefix.startswith(d.prefix) else 0
+            for d in DESTINATIONS
+        )
+        dest = self.table.dest
+        cld_of = self.table.cld_of
+        return array(
+            "q",
+            (
+                row
+                for row in rows
+                if (m := match[dest[row]]) == 2 or (m == 1 and cld_of(row).startswith(prefix))
+            ),
+        )
+
+    def _asc_key(self, ref: int) -> AscKey:
+        if ref < self._n:
+            return (self.table.setup[ref], 0, self.table.icdr[ref], "")
+        return self._published[ref - self._n].asc_key
+
+    def _shuffle_key(self, ref: int) -> int:
+        if ref < self._n:
+            return _mix(self.table.icdr[ref])
+        return self._published[ref - self._n].shuffle_key
+
+    def _ordered(self, rows: Sequence[int]) -> Sequence[int]:
+        if self._order == "asc":
+            return rows
+        if self._order == "desc":
+            if isinstance(rows, range):
+                return rows[::-1]
+            return array("q", reversed(rows))
+        return array("q", sorted(rows, key=self._shuffle_key))
+
+
+def _first(pair: tuple[IcdrKey, dict[str, Any]]) -> IcdrKey:
+    return pair[0]
+
+
+def _inside(moment: int, lo: int | None, hi: int | None) -> bool:
+    return (lo is None or moment >= lo) and (hi is None or moment <= hi)

@@ -1,0 +1,169 @@
+"""Shared fixtures: a real PostgreSQL (embedded unless TEST_DATABASE_URL is set), a fresh
+migrated database per test, and the API simulator over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import settings
+from sqlalchemy import Engine, text
+
+from etl import db
+from etl.client import ApiClient
+from etl.config import Secret, Settings
+from etl.pipeline import Job
+from etl.retry import RetryPolicy
+from etl.simulator import Simulator, SimulatorConfig
+
+settings.register_profile("tcxc", deadline=None, max_examples=100)
+settings.load_profile("tcxc")
+
+TEMPLATE = "tcxc_test_template"
+SIM_END = datetime(2026, 10, 1)  # naive, API zone (UTC)
+_counter = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL: TEST_DATABASE_URL, or an embedded server for this session."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield db.libpq_url(configured)
+        return
+    from etl.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), fsync=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server_url, autocommit=True, dbname="postgres")
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> str:
+    """A migrated template database that each test's database is cloned from."""
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    url = _with_db(server_url, TEMPLATE)
+    engine = db.make_engine(url)
+    db.migrate(engine)
+    engine.dispose()
+    return url
+
+
+def _with_db(server_url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(server_url).set(database=name).render_as_string(False)
+
+
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test; dropped afterwards."""
+    name = f"tcxc_test_{os.getpid()}_{next(_counter)}"
+    with _admin(server_url) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    yield _with_db(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = f"tcxc_empty_{os.getpid()}_{next(_counter)}"
+    with _admin(server_url) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_db(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test's database; no connection may be left checked out."""
+    eng = db.make_engine(database_url)
+    yield eng
+    checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
+    eng.dispose()
+    assert checked_out == 0, f"{checked_out} connection(s) left checked out"
+
+
+@pytest.fixture
+def sim_config() -> SimulatorConfig:
+    """A small, fast data set: 2,000 CDRs over 10 days ending 2026-10-01."""
+    return SimulatorConfig(accounts={"buyer1": "key-one"}, cdrs=2000, days=10, end=SIM_END)
+
+
+@pytest.fixture
+def sim(sim_config: SimulatorConfig) -> Iterator[Simulator]:
+    """The simulator, serving over HTTP on 127.0.0.1."""
+    with Simulator(sim_config) as server:
+        yield server
+
+
+def make_settings(sim: Simulator, database_url: str = "", **overrides: Any) -> Settings:
+    """Settings pointing at the simulator (login buyer1) and the test database."""
+    base = Settings(
+        api_url=sim.url,
+        api_login="buyer1",
+        api_key=Secret("key-one"),
+        database_url=Secret(database_url),
+        page_size=250,
+    )
+    return replace(base, **overrides)
+
+
+NO_WAIT = RetryPolicy(attempts=6, base_delay=0.0, max_delay=0.0, sleep=lambda _s: None)
+
+
+def make_job(settings: Settings, prefix: str = "", retry: RetryPolicy = NO_WAIT) -> Job:
+    client = ApiClient(settings.api_url, settings.api_login, settings.api_key.reveal())
+    return Job(client=client, settings=settings, prefix=prefix, retry=retry)
+
+
+def sim_range() -> tuple[datetime, datetime]:
+    """The simulator's whole data range as aware datetimes."""
+    return datetime(2026, 9, 21, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def table_rows(engine: Engine, query: str = "SELECT * FROM cdr ORDER BY i_cdr") -> list[Any]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(query))]
+
+
+def write_counters(engine: Engine, table: str = "cdr") -> tuple[int, int, int]:
+    """(inserts, updates, deletes) of a table, as the statistics collector counts them."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        row = conn.execute(
+            text(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = :t"
+            ),
+            {"t": table},
+        ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,152 @@
+"""The command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from etl.cli import cli
+from etl.simulator import Simulator
+from tests.conftest import ROOT
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m etl ARGS` with a clean TCXC environment plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TCXC_", "DATABASE_URL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def _env(sim: Simulator, database_url: str, key: str = "key-one") -> dict[str, str]:
+    return {
+        "TCXC_API_URL": sim.url,
+        "TCXC_API_LOGIN": "buyer1",
+        "TCXC_API_KEY": key,
+        "DATABASE_URL": database_url,
+        "TCXC_PAGE_SIZE": "500",
+    }
+
+
+def _count(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM cdr").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_backfill_prints_a_summary(sim: Simulator, database_url: str) -> None:
+    """`backfill` exits 0 and prints windows, pages and row counts."""
+    result = run_cli(
+        "backfill", "--from", "2026-09-21", "--to", "2026-10-01", env=_env(sim, database_url)
+    )
+    assert result.returncode == 0, result.stderr
+    expected = len({r["i_cdr"] for r in sim.records("buyer1")})
+    assert f"inserted {expected}, updated 0" in result.stdout
+    assert "windows 10" in result.stdout
+    assert _count(database_url) == expected
+
+
+def test_wrong_key_exits_1_with_one_line_and_no_cdr(sim: Simulator, database_url: str) -> None:
+    """A wrong key: exit 1, one stderr line naming the auth problem, no CDR, no secret."""
+    env = _env(sim, database_url, key="not-the-key-XYZ")
+    result = run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", env=env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tcxc-etl: error")]
+    assert len(errors) == 1 and "signature" in errors[0] and "TCXC_API_KEY" in errors[0]
+    assert "account buyer1" in errors[0] and "window" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert "not-the-key-XYZ" not in result.stderr + result.stdout
+    assert not re.search(r"\b[0-9a-f]{64}\b", result.stderr + result.stdout)
+    assert _count(database_url) == 0
+
+
+def test_bad_configuration_exits_2_naming_every_setting() -> None:
+    """Two bad settings: exit 2 and one line naming both."""
+    result = run_cli(
+        "migrate", env={"TCXC_PAGE_SIZE": "lots", "DATABASE_URL": "mysql://x:secretpw@h/d"}
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "TCXC_PAGE_SIZE" in lines[0] and "DATABASE_URL" in lines[0]
+    assert "secretpw" not in result.stderr
+
+
+def test_missing_credentials_exit_2(database_url: str) -> None:
+    """A backfill without login and key stops before any work, naming both settings."""
+    result = run_cli(
+        "backfill", "--from", "2026-01-01", "--to", "2026-01-02", env={"DATABASE_URL": database_url}
+    )
+    assert result.returncode == 2
+    assert "TCXC_API_LOGIN" in result.stderr and "TCXC_API_KEY" in result.stderr
+
+
+def test_bad_dates_exit_2() -> None:
+    """An unparsable --from is a usage error."""
+    result = run_cli(
+        "backfill",
+        "--from",
+        "last week",
+        "--to",
+        "2026-01-02",
+        env={"TCXC_API_LOGIN": "a", "TCXC_API_KEY": "b"},
+    )
+    assert result.returncode == 2 and "--from" in result.stderr
+
+
+def test_migrate_on_an_empty_database(empty_database_url: str) -> None:
+    """`migrate` creates the schema and says so."""
+    result = run_cli("migrate", env={"DATABASE_URL": empty_database_url})
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    """Each CLI command appears in the README as `tcxc-etl <command>`."""
+    readme = (ROOT / "README.md").read_text()
+    names = set(cli.commands)
+    missing = [name for name in names if f"tcxc-etl {name}" not in readme]
+    assert not missing, f"undocumented commands: {missing}"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    """Each setting name appears in the README's settings table."""
+    from etl.config import SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in SETTINGS if f"`{name}`" not in readme] == []
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml"])
+def test_compose_file_is_valid(path: str) -> None:
+    """docker-compose.yml parses and its services run tcxc-etl commands that exist."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / path).read_text())["services"]
+    assert {"postgres", "migrate"} <= set(services)
+    for name, service in services.items():
+        command = service.get("command")
+        if isinstance(command, list) and command[0] == "tcxc-etl":
+            assert command[1] in cli.commands, f"{name} runs unknown command {command[1]}"
+
+
+def test_module_runs_with_help(tmp_path: Path) -> None:
+    """`python -m etl --help` lists the commands."""
+    result = run_cli("--help")
+    assert result.returncode == 0 and "backfill" in result.stdout

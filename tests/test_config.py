@@ -1,0 +1,68 @@
+"""Settings parsing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from etl.config import DEFAULT_API_URL, Secret, load_settings, mask_url
+from etl.errors import ConfigError
+
+
+def test_defaults() -> None:
+    """With nothing set, the real API URL, UTC and one-day windows are used."""
+    settings = load_settings({})
+    assert settings.api_url == DEFAULT_API_URL
+    assert settings.api_timezone.key == "UTC"
+    assert settings.window == timedelta(days=1)
+    assert not settings.has_database_url
+
+
+def test_every_problem_is_reported_at_once_naming_the_setting() -> None:
+    """Three bad settings give one error listing all three by name."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {"TCXC_PAGE_SIZE": "0", "TCXC_API_TIMEZONE": "Mars/Base", "TCXC_WINDOW": "soon"}
+        )
+    text = str(info.value)
+    assert "TCXC_PAGE_SIZE" in text and "TCXC_API_TIMEZONE" in text and "TCXC_WINDOW" in text
+
+
+def test_secrets_never_show() -> None:
+    """The API key is hidden in repr and in an error about a bad database URL."""
+    settings = load_settings({"TCXC_API_KEY": "s3cr3t-key"})
+    assert "s3cr3t-key" not in repr(settings)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"DATABASE_URL": "mysql://u:p4ss@h/db"})
+    assert "p4ss" not in str(info.value) and "DATABASE_URL" in str(info.value)
+
+
+def test_toml_file_then_environment(tmp_path: Path) -> None:
+    """A TOML file sets values; the environment overrides them."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('tcxc_api_login = "from-file"\ntcxc_page_size = 500\n')
+    settings = load_settings({"TCXC_PAGE_SIZE": "200"}, path)
+    assert settings.api_login == "from-file" and settings.page_size == 200
+
+
+def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
+    """A misspelt setting in the file is reported, not ignored."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text("tcxc_page_sise = 5\n")
+    with pytest.raises(ConfigError, match="tcxc_page_sise"):
+        load_settings({}, path)
+
+
+def test_missing_credentials_name_both_settings() -> None:
+    """A run against the API without login and key names both settings."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({}).require_credentials()
+    assert "TCXC_API_LOGIN" in str(info.value) and "TCXC_API_KEY" in str(info.value)
+
+
+def test_mask_url_hides_the_password() -> None:
+    """A database URL printed for the operator shows *** instead of the password."""
+    assert mask_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert repr(Secret("x")) == "Secret('********')"

