@@ -37,7 +37,7 @@ class OffsetPaginator:
         return {"pager": str(self.page_size), "off": str(self.offset)}
 
     def advance(self, row_count: int, body_digest: bytes) -> None:
-        """Record one received page of ``row_count`` distinct records, hashing to ``body_digest``."""
+        """Record a received page of ``row_count`` distinct records hashing to ``body_digest``."""
         if self.done:
             raise PaginationError("asked to advance past the end of the window")
         self.pages += 1
