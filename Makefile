@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/tcxc-etl demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check etl tests bench
-	$(BIN)/ruff format --check etl tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: lint

@@ -26,7 +26,6 @@ from etl.errors import ConfigError, EtlError, UsageError
 from etl.logs import RedactingFilter, configure
 from etl.retry import RetryPolicy
 from etl.state import Counts
-from etl.windows import Window
 
 log = logging.getLogger("etl")
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
@@ -81,10 +80,7 @@ def summary_line(windows: int, counts: Counts) -> str:
 def run_backfill(engine: Engine, job: pipeline.Job, start: datetime, end: datetime) -> None:
     """Backfill and print the summary; raise the first window error if any window failed."""
 
-    def progress(window: Window, counts: Counts) -> None:
-        click.echo(f"  {window}: {counts.rows_fetched} rows, {counts.inserted} new", err=True)
-
-    summary = pipeline.backfill(engine, job, start, end, on_window=progress)
+    summary = pipeline.backfill(engine, job, start, end)
     click.echo(summary_line(summary.windows, summary.counts))
     if summary.failures:
         _window, error = summary.failures[0]
