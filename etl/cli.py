@@ -228,7 +228,7 @@ def demo(app: AppContext, cdrs: int, days: int) -> None:
         click.echo(f"simulator: {sim.url}, {cdrs:,} CDRs over {days} days")
         with database(settings) as engine:
             db.migrate(engine)
-            click.echo(f"database: {mask_url(engine.url.render_as_string(False))} (migrated)")
+            click.echo(f"database: {mask_url(db.libpq_url(engine.url.render_as_string(False)))}")
             run_backfill(engine, make_job(settings, ""), start, end)
             click.echo("")
             click.echo(build_report(engine))
