@@ -7,11 +7,12 @@ Secrets are held in ``Secret`` so that no repr, log line or error can show them.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from etl.errors import ConfigError
 
+log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://api.telecomsxchange.com/buyers/callhistory"
 RAW_PAYLOAD_MODES = ("full", "extra")
 
@@ -51,6 +53,15 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class Account:
+    """One buyer account: its login, its key and the destination prefix it syncs."""
+
+    login: str
+    key: Secret
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know; built by ``load_settings``."""
 
@@ -68,6 +79,40 @@ class Settings:
     raw_payload: str = "full"
     embedded_dir: Path | None = None
     embedded_port: int = 54329
+    configured_accounts: tuple[Account, ...] = ()
+    start_date: datetime | None = None
+    lookback: timedelta = timedelta(hours=3)
+    settle_lag: timedelta = timedelta(minutes=10)
+    deep_lookback: timedelta = timedelta(days=7)
+    sync_interval: timedelta = timedelta(minutes=15)
+    deep_sync_cron: str = "30 3 * * *"
+    lag_alert: timedelta = timedelta(hours=2)
+    metrics_port: int | None = None
+    stop_timeout: timedelta = timedelta(seconds=60)
+
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        """The accounts from the config file, or the single TCXC_API_LOGIN account."""
+        if self.configured_accounts:
+            return self.configured_accounts
+        if self.api_login or self.api_key:
+            return (Account(self.api_login, self.api_key, self.prefix),)
+        return ()
+
+    def account(self, login: str | None) -> Account:
+        """The account named ``login`` (or the only one), or a ConfigError."""
+        accounts = self.accounts
+        if not accounts:
+            self.require_credentials()
+        if login is None:
+            if len(accounts) > 1:
+                names = ", ".join(a.login for a in accounts)
+                raise ConfigError([f"several accounts are configured ({names}): pick one"])
+            return accounts[0]
+        for account in accounts:
+            if account.login == login:
+                return account
+        raise ConfigError([f"account {login!r} is not configured"])
 
     @property
     def has_database_url(self) -> bool:
@@ -75,6 +120,8 @@ class Settings:
 
     def require_credentials(self) -> None:
         """Raise ConfigError naming each API credential that is missing."""
+        if self.configured_accounts:
+            return
         problems = []
         if not self.api_login:
             problems.append("TCXC_API_LOGIN is not set: give the TCXC buyer login")
@@ -94,6 +141,21 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError("must be longer than zero")
     return timedelta(seconds=seconds)
+
+
+def _start_date(text: str) -> datetime:
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+    raise ValueError("must be a date such as 2026-01-01 (in TCXC_API_TIMEZONE)")
+
+
+def _cron(text: str) -> str:
+    if len(text.split()) != 5:
+        raise ValueError("must be a 5-field cron expression such as '30 3 * * *'")
+    return text
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -166,11 +228,20 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_RAW_PAYLOAD": ("raw_payload", _raw_payload),
     "TCXC_EMBEDDED_DIR": ("embedded_dir", Path),
     "TCXC_EMBEDDED_PORT": ("embedded_port", _int_in(1024, 65535)),
+    "TCXC_START_DATE": ("start_date", _start_date),
+    "TCXC_LOOKBACK": ("lookback", parse_duration),
+    "TCXC_SETTLE_LAG": ("settle_lag", parse_duration),
+    "TCXC_DEEP_LOOKBACK": ("deep_lookback", parse_duration),
+    "TCXC_SYNC_INTERVAL": ("sync_interval", parse_duration),
+    "TCXC_DEEP_SYNC_CRON": ("deep_sync_cron", _cron),
+    "TCXC_LAG_ALERT": ("lag_alert", parse_duration),
+    "TCXC_METRICS_PORT": ("metrics_port", _int_in(1024, 65535)),
+    "TCXC_STOP_TIMEOUT": ("stop_timeout", parse_duration),
 }
 SECRET_SETTINGS = frozenset({"TCXC_API_KEY", "DATABASE_URL"})
 
 
-def _read_toml(path: Path) -> dict[str, str]:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -178,10 +249,12 @@ def _read_toml(path: Path) -> dict[str, str]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"--config {path}: not valid TOML ({exc})"]) from None
     known = {name.lower(): name for name in SETTINGS}
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     problems = []
     for key, value in data.items():
-        if key.lower() not in known:
+        if key == "accounts" and isinstance(value, list):
+            values["accounts"] = value
+        elif key.lower() not in known:
             problems.append(f"--config {path}: unknown setting {key!r}")
         elif isinstance(value, dict | list):
             problems.append(f"--config {path}: {key} must be a single value")
@@ -192,12 +265,62 @@ def _read_toml(path: Path) -> dict[str, str]:
     return values
 
 
+def _accounts(entries: list[Any], env: Mapping[str, str], problems: list[str]) -> list[Account]:
+    """Accounts from the TOML ``[[accounts]]`` tables; keys come from env vars or files."""
+    accounts: list[Account] = []
+    for number, entry in enumerate(entries, 1):
+        where = f"--config [[accounts]] #{number}"
+        if not isinstance(entry, dict) or not str(entry.get("login", "")).strip():
+            problems.append(f"{where}: needs a login")
+            continue
+        login = str(entry["login"]).strip()
+        unknown = set(entry) - {"login", "key_env", "key_file", "prefix"}
+        if unknown:
+            problems.append(f"{where} ({login}): unknown keys {sorted(unknown)}")
+        key = _account_key(entry, env, f"{where} ({login})", problems)
+        try:
+            prefix = _prefix(str(entry.get("prefix", "")))
+        except ValueError as exc:
+            problems.append(f"{where} ({login}): prefix {exc}")
+            continue
+        if any(a.login == login and a.prefix == prefix for a in accounts):
+            problems.append(f"{where}: account {login} is listed twice")
+        accounts.append(Account(login, Secret(key), prefix))
+    return accounts
+
+
+def _account_key(
+    entry: dict[str, Any], env: Mapping[str, str], where: str, problems: list[str]
+) -> str:
+    if "key_env" in entry:
+        key = env.get(str(entry["key_env"]), "")
+        if not key:
+            problems.append(f"{where}: environment variable {entry['key_env']} is not set")
+        return key
+    if "key_file" in entry:
+        path = Path(str(entry["key_file"]))
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{where}: cannot read key_file {path} ({exc.strerror})")
+            return ""
+        if path.stat().st_mode & 0o077:
+            log.warning("key_file %s can be read by other users: chmod 600 it", path)
+        return key
+    problems.append(f"{where}: needs key_env (an environment variable) or key_file")
+    return ""
+
+
 def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
     """Build Settings from a TOML file and the environment, or raise one ConfigError."""
     raw = _read_toml(config_path) if config_path else {}
+    if config_path and raw.get("TCXC_API_KEY") and config_path.stat().st_mode & 0o077:
+        log.warning("%s holds an API key and can be read by other users: chmod 600 it", config_path)
     raw.update({name: env[name] for name in SETTINGS if env.get(name, "") != ""})
     values: dict[str, Any] = {}
-    problems = []
+    problems: list[str] = []
+    if "accounts" in raw:
+        values["configured_accounts"] = tuple(_accounts(raw.pop("accounts"), env, problems))
     for name, text in raw.items():
         attr, parse = SETTINGS[name]
         try:

@@ -102,6 +102,10 @@ class PaginationError(FatalApiError):
     kind = "pagination"
 
 
+class StopRequestedError(EtlError):
+    """A stop (SIGTERM/SIGINT) was requested; the current window is abandoned cleanly."""
+
+
 class InvalidRecordError(EtlError):
     """One CDR cannot be normalised; ``reason`` is stored beside its raw payload."""
 

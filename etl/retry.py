@@ -29,7 +29,7 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
     max_elapsed: float = 600.0
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    sleep: Callable[[float], object] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     rng: random.Random = field(default_factory=random.Random, repr=False)
 

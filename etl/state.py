@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.sql import func
 
-from etl.schema import etl_run, sync_state, sync_window
+from etl.schema import etl_run, sync_state
 from etl.windows import Window
 
 
@@ -38,7 +38,11 @@ class Counts:
 
 
 def start_run(
-    engine: Engine, command: str, api_login: str | None, start: datetime, end: datetime
+    engine: Engine,
+    command: str,
+    api_login: str | None,
+    start: datetime | None,
+    end: datetime | None,
 ) -> int:
     """Insert a run row with status 'running' and return its id (committed at once)."""
     with engine.begin() as conn:
@@ -129,14 +133,31 @@ def read_watermark(engine: Engine, api_login: str, prefix: str) -> datetime | No
     return value
 
 
-def windows_done(engine: Engine, run_ids: list[int]) -> set[tuple[datetime, datetime]]:
-    """Bounds of the windows that these runs committed."""
-    if not run_ids:
-        return set()
-    with engine.connect() as conn:
+_RESUMABLE = """
+SELECT w.window_start, w.window_end
+FROM sync_window w
+JOIN etl_run r ON r.id = w.run_id
+WHERE r.command = 'backfill' AND r.api_login = %(login)s
+  AND r.range_start = %(start)s AND r.range_end = %(end)s
+  AND r.status <> 'succeeded'
+  AND r.id > coalesce((
+      SELECT max(ok.id) FROM etl_run ok
+      WHERE ok.command = 'backfill' AND ok.api_login = %(login)s
+        AND ok.range_start = %(start)s AND ok.range_end = %(end)s AND ok.status = 'succeeded'
+  ), 0)
+  AND w.status = 'done' AND w.prefix = %(prefix)s
+"""
+
+
+def backfill_windows_done(
+    engine: Engine, api_login: str, prefix: str, start: datetime, end: datetime
+) -> set[tuple[datetime, datetime]]:
+    """Windows that unfinished backfills of this exact request (since the last one that
+    succeeded) already committed: a resumed backfill skips them."""
+    with engine.connect() as sa_conn:
+        conn = sa_conn.connection.driver_connection
+        assert isinstance(conn, psycopg.Connection)
         rows = conn.execute(
-            select(sync_window.c.window_start, sync_window.c.window_end).where(
-                sync_window.c.run_id.in_(run_ids), sync_window.c.status == "done"
-            )
-        ).all()
+            _RESUMABLE, {"login": api_login, "prefix": prefix, "start": start, "end": end}
+        ).fetchall()
     return {(row[0], row[1]) for row in rows}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -167,3 +169,36 @@ def write_counters(engine: Engine, table: str = "cdr") -> tuple[int, int, int]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment without TCXC settings, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TCXC_", "DATABASE_URL"))}
+    return {**base, **(extra or {})}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m etl ARGS` as a real process with a clean TCXC environment plus ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `python -m etl ARGS` in the background (stdout and stderr captured)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "etl", *args],
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )

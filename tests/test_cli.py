@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -13,23 +10,7 @@ import pytest
 
 from etl.cli import cli
 from etl.simulator import Simulator
-from tests.conftest import ROOT
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m etl ARGS` with a clean TCXC environment plus ``env``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("TCXC_", "DATABASE_URL"))}
-    return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
+from tests.conftest import ROOT, run_cli
 
 
 def _env(sim: Simulator, database_url: str, key: str = "key-one") -> dict[str, str]:
@@ -139,7 +120,8 @@ def test_compose_file_is_valid(path: str) -> None:
     import yaml
 
     services = yaml.safe_load((ROOT / path).read_text())["services"]
-    assert {"postgres", "migrate"} <= set(services)
+    assert {"postgres", "migrate", "daemon", "simulator"} <= set(services)
+    assert services["simulator"]["profiles"] == ["simulator"]
     for name, service in services.items():
         command = service.get("command")
         if isinstance(command, list) and command[0] == "tcxc-etl":

@@ -36,6 +36,7 @@ class SimulatorConfig:
     latency: float = 0.0
     filter_field: str = "setup_time"
     port: int = 0
+    host: str = "127.0.0.1"  # only a container (docker-compose) should listen elsewhere
 
     def __post_init__(self) -> None:
         problems = _problems(self)

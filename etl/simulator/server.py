@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,11 +26,18 @@ _IDLE_TIMEOUT = 60.0  # seconds an idle keep-alive connection stays open
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, engine: Engine) -> None:
+    def __init__(self, port: int, engine: Engine, host: str = HOST) -> None:
         self.engine = engine
         self.open_connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__((HOST, port), _Handler)
+        super().__init__((host, port), _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went away mid-answer (killed, timed out) is normal, not an error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def close_connections(self) -> None:
         """Shut every open client connection, so no handler thread waits on one."""
@@ -202,7 +210,7 @@ class Simulator:
 
     def _bind_locked(self) -> _Server:
         if self._server is None:
-            self._server = _Server(self.config.port, self._engine)
+            self._server = _Server(self.config.port, self._engine, self.config.host)
         return self._server
 
     # --- ground truth and test control ---------------------------------------------------

@@ -1,0 +1,141 @@
+"""The command line's shared parts: the group, settings and database set-up, error mapping.
+
+Exit codes: 0 success, 1 the run failed, 2 bad usage or configuration. A failure prints one
+line on stderr saying what failed, where and what to try; a traceback only with --verbose.
+Nothing imports the CLI; it imports the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from sqlalchemy import Engine
+
+from etl import db, pipeline
+from etl.client import ApiClient
+from etl.config import Account, Settings, load_settings
+from etl.errors import ConfigError, EtlError, UsageError
+from etl.logs import RedactingFilter, configure
+from etl.retry import RetryPolicy
+from etl.state import Counts
+
+log = logging.getLogger("etl")
+DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+
+
+@dataclasses.dataclass
+class AppContext:
+    """What every command gets: the settings and whether to show tracebacks."""
+
+    settings: Settings
+    verbose: bool
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def parse_when(text: str, settings: Settings, option: str) -> datetime:
+    """A 'YYYY-MM-DD[ HH:MM:SS]' in the API time zone, as an aware datetime."""
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt).replace(tzinfo=settings.api_timezone)
+        except ValueError:
+            continue
+    raise UsageError(f"{option} {text!r} is not a date such as 2026-01-31 or '2026-01-31 12:00:00'")
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[Engine]:
+    with db.open_database(
+        settings.database_url.reveal(), settings.embedded_dir, settings.embedded_port
+    ) as engine:
+        yield engine
+
+
+def make_job(
+    settings: Settings,
+    account: Account,
+    prefix: str | None = None,
+    stop: threading.Event | None = None,
+    observe: Callable[[str, str], None] | None = None,
+) -> pipeline.Job:
+    """A job for one account (``prefix`` overrides the account's own)."""
+    client = ApiClient(
+        settings.api_url,
+        account.login,
+        account.key.reveal(),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    )
+    extra = {"observe": observe} if observe else {}
+    return pipeline.Job(
+        client=client,
+        settings=settings,
+        prefix=account.prefix if prefix is None else prefix,
+        retry=RetryPolicy(),
+        stop=stop or threading.Event(),
+        **extra,
+    )
+
+
+def summary_line(windows: int, counts: Counts) -> str:
+    return (
+        f"windows {windows}, pages {counts.pages}, rows fetched {counts.rows_fetched}: "
+        f"inserted {counts.inserted}, updated {counts.updated}, unchanged {counts.unchanged}, "
+        f"rejected {counts.rejected}, conflicts {counts.conflicts}"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="TOML settings file."
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging and tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+    """Keep a PostgreSQL warehouse of TCXC buyer CDRs complete and current."""
+    ctx.obj = {"verbose": verbose}
+    settings = load_settings(os.environ, config_path)
+    redactor = configure(verbose, [settings.api_key.reveal(), settings.database_url.reveal()])
+    _REDACTOR.secrets = redactor.secrets
+    ctx.obj = AppContext(settings=settings, verbose=verbose)
+
+
+_REDACTOR = RedactingFilter()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"tcxc-etl: error: {_REDACTOR.redact(message)}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, mapping errors to one line and an exit code."""
+    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted", 1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+    except ConfigError as exc:
+        _fail(f"configuration: {'; '.join(exc.problems)}", 2)
+    except EtlError as exc:
+        if verbose:
+            log.exception("failed")
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 1)
+    except Exception as exc:  # a bug: say so in one line, traceback on request
+        if verbose:
+            log.exception("internal error")
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --verbose for details)", 1)

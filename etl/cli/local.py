@@ -1,0 +1,174 @@
+"""Commands for local use: the simulator, the demo, the embedded database, the report."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from etl import db
+from etl.cli.base import AppContext, cli, database, make_job
+from etl.cli.sync import run_backfill
+from etl.config import Account, Secret, mask_url
+from etl.errors import UsageError
+
+
+@cli.command()
+@click.option("--limit", default=5, show_default=True, help="Rows in the top lists.")
+@click.pass_obj
+def report(app: AppContext, limit: int) -> None:
+    """Print rows loaded, top destinations by spend and ASR by vendor."""
+    from etl.report import build_report
+
+    with database(app.settings) as engine:
+        click.echo(build_report(engine, limit))
+
+
+def _simulator_config(**options: Any) -> Any:
+    from etl.simulator import SimulatorConfig
+
+    return SimulatorConfig(**{key: value for key, value in options.items() if value is not None})
+
+
+@cli.command()
+@click.option("--port", default=8089, show_default=True, help="Port on 127.0.0.1 (0 = any).")
+@click.option("--cdrs", default=10_000, show_default=True, help="CDRs per account.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the generated data.")
+@click.option("--days", default=30, show_default=True, help="Days of history, ending today.")
+@click.option("--login", default="demo", show_default=True, help="Buyer login it accepts.")
+@click.option("--key", default="demo-key", show_default=True, help="API key it accepts.")
+@click.option("--max-page-size", type=int, default=None, help="Cap rows per page silently.")
+@click.option("--order", type=click.Choice(["asc", "desc", "shuffled"]), default="asc")
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every request.")
+@click.option("--fault-rate", type=float, default=0.0, help="Share of requests that fail.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def simulate(
+    port: int,
+    cdrs: int,
+    seed: int,
+    days: int,
+    login: str,
+    key: str,
+    max_page_size: int | None,
+    order: str,
+    latency: float,
+    fault_rate: float,
+    host: str,
+) -> None:
+    """Run the TCXC-compatible API simulator on 127.0.0.1 until interrupted."""
+    from etl.simulator import Simulator
+
+    config = _simulator_config(
+        accounts={login: key},
+        cdrs=cdrs,
+        seed=seed,
+        days=days,
+        port=port,
+        max_page_size=max_page_size,
+        order=order,
+        latency=latency,
+        host=host,
+    )
+    sim = Simulator(config)
+    if fault_rate:
+        sim.set_fault_rate(fault_rate, ["429", "500", "503", "truncated", "html"], seed=seed)
+    click.echo(f"TCXC simulator listening on {sim.url} (login {login!r}); Ctrl-C stops it")
+    click.echo(f"  TCXC_API_URL={sim.url} TCXC_API_LOGIN={login} TCXC_API_KEY=<the --key value>")
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("simulator stopped")
+
+
+@cli.command()
+@click.option("--cdrs", default=50_000, show_default=True, help="Simulated CDRs.")
+@click.option("--days", default=30, show_default=True, help="Days of history to backfill.")
+@click.pass_obj
+def demo(app: AppContext, cdrs: int, days: int) -> None:
+    """End to end on local parts: simulator, database, migrate, backfill, report.
+
+    Uses the embedded PostgreSQL unless DATABASE_URL is set. The API is always the local
+    simulator, whatever TCXC_API_* say: the demo never calls the real API.
+    """
+    from etl.report import build_report
+    from etl.simulator import Simulator
+
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = end - timedelta(days=days)
+    config = _simulator_config(
+        accounts={"demo": "demo-key"},
+        cdrs=cdrs,
+        end=end.replace(tzinfo=None),
+        days=days,
+        port=0,
+    )
+    with Simulator(config) as sim:
+        settings = dataclasses.replace(
+            app.settings,
+            api_url=sim.url,
+            api_login="demo",
+            api_key=Secret("demo-key"),
+            api_timezone=UTC,  # type: ignore[arg-type]
+        )
+        click.echo(f"simulator: {sim.url}, {cdrs:,} CDRs over {days} days")
+        with database(settings) as engine:
+            db.migrate(engine)
+            click.echo(f"database: {mask_url(db.libpq_url(engine.url.render_as_string(False)))}")
+            run_backfill(
+                engine, make_job(settings, Account("demo", Secret("demo-key"))), start, end
+            )
+            click.echo("")
+            click.echo(build_report(engine))
+            if not settings.has_database_url:
+                click.echo("")
+                click.echo("The embedded database stops when this command ends; keep it up for")
+                click.echo("a BI tool with `tcxc-etl db start` (then `tcxc-etl db url`).")
+
+
+@cli.group(name="db")
+def db_group() -> None:
+    """Manage the embedded PostgreSQL (used when DATABASE_URL is not set)."""
+
+
+def _embedded(app: AppContext) -> Any:
+    from etl.embedded import EmbeddedPostgres, default_data_dir
+
+    if app.settings.has_database_url:
+        raise UsageError("DATABASE_URL is set: the embedded PostgreSQL is not in use")
+    data_dir = app.settings.embedded_dir or default_data_dir()
+    return EmbeddedPostgres(data_dir, app.settings.embedded_port)
+
+
+@db_group.command(name="start")
+@click.pass_obj
+def db_start(app: AppContext) -> None:
+    """Start the embedded PostgreSQL and keep it running (for BI tools)."""
+    server = _embedded(app)
+    server.start()
+    server.mark_persistent(True)
+    db.migrate(db.make_engine(server.url))
+    click.echo(server.url)
+
+
+@db_group.command(name="stop")
+@click.pass_obj
+def db_stop(app: AppContext) -> None:
+    """Stop the embedded PostgreSQL."""
+    server = _embedded(app)
+    server.mark_persistent(False)
+    server.stop()
+    click.echo("embedded PostgreSQL stopped")
+
+
+@db_group.command(name="url")
+@click.pass_obj
+def db_url(app: AppContext) -> None:
+    """Print the connection URL (for psql and BI tools)."""
+    if app.settings.has_database_url:
+        click.echo(mask_url(db.libpq_url(app.settings.database_url.reveal())))
+        return
+    server = _embedded(app)
+    state = "running" if server.is_running() else "stopped: run `tcxc-etl db start`"
+    click.echo(f"{server.url}  ({state})")

@@ -1,0 +1,212 @@
+"""Commands that sync: migrate, backfill, sync, daemon, status."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import orjson
+from sqlalchemy import Engine
+
+from etl import db, pipeline, state
+from etl.cli.base import AppContext, cli, database, make_job, parse_when, summary_line
+from etl.config import Settings
+from etl.errors import EtlError, UsageError
+from etl.locks import account_lock
+from etl.passes import DEEP, INCREMENTAL, PassResult, run_all
+from etl.progress import WindowProgress
+from etl.status import account_status, format_status
+from etl.windows import plan_windows
+
+log = logging.getLogger("etl")
+
+
+def run_backfill(
+    engine: Engine,
+    job: pipeline.Job,
+    start: datetime,
+    end: datetime,
+    *,
+    resume: bool = True,
+) -> pipeline.RunSummary:
+    """Backfill under the account's lock (waiting for it) with progress; raise if it failed."""
+    windows = list(plan_windows(start, end, job.settings.window))
+    with account_lock(engine, job.api_login, wait=True), WindowProgress(len(windows)) as bar:
+        summary = pipeline.backfill(engine, job, start, end, bar.update, resume=resume)
+    resumed = f" ({summary.skipped} already done by an interrupted run)" if summary.skipped else ""
+    click.echo(summary_line(summary.windows, summary.counts) + resumed)
+    if summary.stopped:
+        raise EtlError("backfill stopped; run the same backfill again to resume it")
+    if summary.failures:
+        _window, error = summary.failures[0]
+        raise EtlError(
+            f"{len(summary.failures)} window(s) failed; first: {error}. Committed windows are "
+            "kept; run the same backfill again to retry the rest"
+        )
+    return summary
+
+
+@cli.command()
+@click.pass_obj
+def migrate(app: AppContext) -> None:
+    """Upgrade the database schema to the latest version (alembic upgrade head)."""
+    with database(app.settings) as engine:
+        db.migrate(engine)
+    click.echo("database schema is up to date")
+
+
+@cli.command()
+@click.option("--from", "date_from", required=True, help="Start, 'YYYY-MM-DD[ HH:MM:SS]'.")
+@click.option("--to", "date_to", required=True, help="End (an instant; a date means midnight).")
+@click.option("--account", default=None, help="Account login (when several are configured).")
+@click.option("--prefix", default=None, help="Only CDRs whose destination starts with this.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; fetch nothing.")
+@click.pass_obj
+def backfill(
+    app: AppContext,
+    date_from: str,
+    date_to: str,
+    account: str | None,
+    prefix: str | None,
+    dry_run: bool,
+) -> None:
+    """Sync a date range now, window by window, and print a summary (resumable)."""
+    settings = app.settings
+    start = parse_when(date_from, settings, "--from")
+    end = parse_when(date_to, settings, "--to")
+    if end <= start:
+        raise UsageError(f"--to {date_to!r} must be after --from {date_from!r}")
+    job = make_job(settings, settings.account(account), prefix, app.stop)
+    if dry_run:
+        _print_plan(settings, job, start, end)
+        return
+    with database(settings) as engine:
+        run_backfill(engine, job, start, end)
+
+
+def _print_plan(settings: Settings, job: pipeline.Job, start: datetime, end: datetime) -> None:
+    windows = list(plan_windows(start, end, settings.window))
+    done: set[tuple[datetime, datetime]] = set()
+    try:
+        with database(settings) as engine:
+            done = state.backfill_windows_done(engine, job.api_login, job.prefix, start, end)
+    except EtlError as exc:
+        click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
+    click.echo(
+        f"backfill plan: account {job.api_login}, prefix {job.prefix or '(all)'}, "
+        f"{len(windows)} window(s) of {settings.window}, {len(done)} already done"
+    )
+    for window in windows:
+        mark = "done" if (window.start, window.end) in done else "todo"
+        click.echo(f"  {mark}  {window}")
+
+
+def _jobs(app: AppContext, observe_for: Any = None) -> list[pipeline.Job]:
+    accounts = app.settings.accounts
+    if not accounts:
+        app.settings.require_credentials()
+    return [
+        make_job(
+            app.settings,
+            account,
+            None,
+            app.stop,
+            observe_for(account.login) if observe_for else None,
+        )
+        for account in accounts
+    ]
+
+
+def _report(result: PassResult) -> None:
+    if result.summary is None:
+        click.echo(f"{result.api_login}: {result.skipped or result.error}")
+    else:
+        click.echo(
+            f"{result.api_login}: {result.summary.status}: "
+            + summary_line(result.summary.windows, result.summary.counts)
+        )
+
+
+@cli.command()
+@click.option("--deep", is_flag=True, help="Run the deep re-sync pass instead.")
+@click.pass_obj
+def sync(app: AppContext, deep: bool) -> None:
+    """One incremental pass for every configured account, then exit (for cron)."""
+    jobs = _jobs(app)
+    with database(app.settings) as engine:
+        results = run_all(engine, jobs, DEEP if deep else INCREMENTAL, on_result=_report)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        first = failed[0]
+        error = first.error or (
+            first.summary.failures[0][1] if first.summary and first.summary.failures else "stopped"
+        )
+        raise EtlError(
+            f"{len(failed)} account(s) did not complete; first: {first.api_login}: {error}"
+        )
+
+
+@cli.command()
+@click.pass_obj
+def daemon(app: AppContext) -> None:
+    """Run the schedule in the foreground until SIGTERM or SIGINT."""
+    from etl.metrics import Metrics, serve
+    from etl.scheduler import build_scheduler, run_until_signalled
+
+    settings = app.settings
+    metrics = Metrics()
+    jobs = _jobs(app, metrics.observer)
+    with database(settings) as engine:
+
+        def record(result: PassResult) -> None:
+            if result.summary is not None:
+                metrics.runs.labels(result.summary.status).inc()
+
+        def incremental() -> None:
+            run_all(engine, jobs, INCREMENTAL, on_result=record)
+
+        def deep() -> None:
+            run_all(engine, jobs, DEEP, on_result=record)
+
+        if settings.metrics_port:
+            serve(metrics, settings.metrics_port, lambda: _statuses(engine, settings))
+        scheduler = build_scheduler(settings, incremental, deep)
+        clean = run_until_signalled(scheduler, app.stop, settings.stop_timeout.total_seconds())
+    if not clean:
+        raise EtlError(
+            f"the running pass did not stop within TCXC_STOP_TIMEOUT ({settings.stop_timeout}); "
+            "its open window was rolled back"
+        )
+
+
+def _statuses(engine: Engine, settings: Settings) -> list[Any]:
+    now = datetime.now(UTC)
+    return [account_status(engine, a, now, settings.lag_alert) for a in settings.accounts]
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(app: AppContext, as_json: bool) -> None:
+    """Per account: watermark, lag, last run, rows in 24 h, failed windows (exit 1 if lagging)."""
+    settings = app.settings
+    if not settings.accounts:
+        settings.require_credentials()
+    with database(settings) as engine:
+        statuses = _statuses(engine, settings)
+    if as_json:
+        click.echo(
+            orjson.dumps([s.as_json() for s in statuses], option=orjson.OPT_INDENT_2).decode()
+        )
+    else:
+        click.echo(format_status(statuses))
+    lagging = [s.api_login for s in statuses if s.lagging]
+    if lagging:
+        click.echo(
+            f"tcxc-etl: lag past TCXC_LAG_ALERT ({settings.lag_alert}) for: {', '.join(lagging)}",
+            err=True,
+        )
+        sys.exit(1)

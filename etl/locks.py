@@ -1,0 +1,46 @@
+"""One writer per account, across processes and machines: PostgreSQL advisory locks.
+
+A run holds a session-level advisory lock keyed on the account login on a dedicated
+connection for as long as it works on that account. A second daemon, ``sync`` or ``backfill``
+on the same account either skips it (try) or waits for it (backfill). If the lock's connection
+drops, PostgreSQL releases the lock; the window transactions themselves stay atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, text
+
+from etl.db import database_errors
+
+log = logging.getLogger(__name__)
+
+
+def lock_key(api_login: str) -> int:
+    """A stable signed 64-bit key for the account's advisory lock."""
+    digest = hashlib.blake2b(f"tcxc-etl:account:{api_login}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def account_lock(engine: Engine, api_login: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the account's lock in the block; yields False (without waiting) if it is taken."""
+    key = lock_key(api_login)
+    with database_errors(f"locking account {api_login}"), engine.connect() as conn:
+        conn.execute(text("COMMIT"))  # no transaction held open while we work
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+        if not got and wait:
+            log.info("waiting for account=%s: another run holds its lock", api_login)
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            got = True
+        conn.commit()
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()

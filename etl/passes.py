@@ -1,0 +1,123 @@
+"""Scheduled passes: the incremental pass and the deep re-sync pass, for every account.
+
+Incremental: per account, windows from (watermark - lookback) up to (now - settle lag); the
+first pass starts at TCXC_START_DATE (default: now - TCXC_DEEP_LOOKBACK). Each window moves the
+watermark to its end in the transaction that commits its rows; the first failure ends the
+account's pass, so the watermark never passes a window that did not commit.
+
+Deep: per account, re-syncs [now - TCXC_DEEP_LOOKBACK, watermark] so that late and re-rated
+CDRs beyond the lookback converge; it never moves the watermark.
+
+Accounts whose lock another process holds are skipped with a log line: several daemons on
+one database share the accounts without double work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from etl import state
+from etl.config import Settings
+from etl.db import database_errors
+from etl.errors import EtlError
+from etl.locks import account_lock
+from etl.pipeline import Job, RunSummary, run_logged
+from etl.windows import Window, plan_windows
+
+log = logging.getLogger(__name__)
+INCREMENTAL, DEEP = "sync", "deep-sync"
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One account's outcome in a pass: its summary, or why it was skipped."""
+
+    api_login: str
+    summary: RunSummary | None
+    skipped: str | None = None
+    error: EtlError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and (self.summary is None or self.summary.ok)
+
+
+def _aware(moment: datetime, settings: Settings) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=settings.api_timezone)
+
+
+def plan_incremental(watermark: datetime | None, now: datetime, settings: Settings) -> list[Window]:
+    """The windows an incremental pass syncs (empty when there is nothing due)."""
+    end = now - settings.settle_lag
+    if watermark is not None:
+        start = watermark - settings.lookback
+    elif settings.start_date is not None:
+        start = _aware(settings.start_date, settings)
+    else:
+        start = now - settings.deep_lookback
+    if start >= end:
+        return []
+    return list(plan_windows(start, end, settings.window))
+
+
+def plan_deep(watermark: datetime | None, now: datetime, settings: Settings) -> list[Window]:
+    """The windows a deep pass re-syncs: the trailing period already covered."""
+    if watermark is None:
+        return []
+    start = now - settings.deep_lookback
+    if start >= watermark:
+        return []
+    return list(plan_windows(start, watermark, settings.window))
+
+
+def run_pass(
+    engine: Engine,
+    job: Job,
+    kind: str,
+    now: datetime | None = None,
+) -> PassResult:
+    """One pass of ``kind`` for one account, under the account's lock (skipped if taken)."""
+    where = f"{kind} pass of account {job.api_login}"
+    with database_errors(where), account_lock(engine, job.api_login, wait=False) as locked:
+        if not locked:
+            log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
+            return PassResult(job.api_login, None, "locked by another run")
+        moment = now or datetime.now(UTC)
+        watermark = state.read_watermark(engine, job.api_login, job.prefix)
+        if kind == INCREMENTAL:
+            windows = plan_incremental(watermark, moment, job.settings)
+        else:
+            windows = plan_deep(watermark, moment, job.settings)
+        if not windows:
+            log.info("nothing due account=%s pass=%s", job.api_login, kind)
+            return PassResult(job.api_login, None, "nothing due")
+        summary = run_logged(engine, job, kind, windows, watermark=kind == INCREMENTAL)
+    return PassResult(job.api_login, summary)
+
+
+def run_all(
+    engine: Engine,
+    jobs: list[Job],
+    kind: str,
+    now: datetime | None = None,
+    on_result: Callable[[PassResult], None] | None = None,
+) -> list[PassResult]:
+    """A pass for every account; one account's failure does not stop the others."""
+    results = []
+    for job in jobs:
+        if job.stop.is_set():
+            break
+        try:
+            result = run_pass(engine, job, kind, now)
+        except EtlError as error:
+            log.error("pass failed account=%s pass=%s error=%s", job.api_login, kind, error)
+            result = PassResult(job.api_login, None, error=error)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

@@ -1,0 +1,47 @@
+"""Backfill progress: a bar (windows and rows, rate, ETA) on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import TracebackType
+
+from tqdm import tqdm
+
+from etl.state import Counts
+from etl.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+class WindowProgress:
+    """Counts windows done; tqdm draws the bar when stderr is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.rows = 0
+        self.bar = tqdm(
+            total=total, unit="window", file=sys.stderr, disable=not sys.stderr.isatty()
+        )
+
+    def update(self, window: Window, counts: Counts | None) -> None:
+        if counts is not None:
+            self.rows += counts.rows_fetched
+        self.bar.update(1)
+        self.bar.set_postfix(rows=self.rows, refresh=False)
+        if self.bar.disable:
+            done = int(self.bar.n)
+            log.info(
+                "progress windows=%d/%d rows=%d last_window=%s", done, self.total, self.rows, window
+            )
+
+    def __enter__(self) -> WindowProgress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.bar.close()

@@ -1,0 +1,96 @@
+"""``tcxc-etl status``: per account, how current the warehouse is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from etl.config import Account
+
+_ACCOUNT = text(
+    """
+    SELECT
+      (SELECT watermark FROM sync_state WHERE api_login = :login AND prefix = :prefix),
+      (SELECT status FROM etl_run WHERE api_login = :login ORDER BY id DESC LIMIT 1),
+      (SELECT coalesce(finished_at, started_at) FROM etl_run WHERE api_login = :login
+        ORDER BY id DESC LIMIT 1),
+      (SELECT max(finished_at) FROM etl_run WHERE api_login = :login AND status = 'succeeded'),
+      (SELECT coalesce(sum(inserted), 0) FROM sync_window
+        WHERE api_login = :login AND status = 'done' AND finished_at > :since),
+      (SELECT count(*) FROM sync_window f WHERE f.api_login = :login AND f.prefix = :prefix
+        AND f.status = 'failed'
+        AND NOT EXISTS (SELECT 1 FROM sync_window d WHERE d.api_login = f.api_login
+          AND d.prefix = f.prefix AND d.status = 'done' AND d.window_start <= f.window_start
+          AND d.window_end >= f.window_end AND d.id > f.id)
+        AND f.window_end > coalesce((SELECT watermark FROM sync_state s
+          WHERE s.api_login = f.api_login AND s.prefix = f.prefix), '-infinity'))
+    """
+)
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    """One account's line in ``tcxc-etl status``."""
+
+    api_login: str
+    prefix: str
+    watermark: datetime | None
+    lag_seconds: float | None
+    last_run_status: str | None
+    last_run_at: datetime | None
+    last_success_at: datetime | None
+    rows_loaded_24h: int
+    failed_windows_pending: int
+    lagging: bool
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        return data
+
+
+def account_status(
+    engine: Engine, account: Account, now: datetime, alert_after: timedelta
+) -> AccountStatus:
+    """Read the account's watermark, last run and recent activity."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            _ACCOUNT,
+            {"login": account.login, "prefix": account.prefix, "since": now - timedelta(days=1)},
+        ).one()
+    watermark, last_status, last_at, last_ok, rows_24h, pending = row
+    lag = (now - watermark).total_seconds() if watermark else None
+    return AccountStatus(
+        api_login=account.login,
+        prefix=account.prefix,
+        watermark=watermark,
+        lag_seconds=lag,
+        last_run_status=last_status,
+        last_run_at=last_at,
+        last_success_at=last_ok,
+        rows_loaded_24h=int(rows_24h),
+        failed_windows_pending=int(pending),
+        lagging=lag is None or lag > alert_after.total_seconds(),
+    )
+
+
+def format_status(statuses: list[AccountStatus]) -> str:
+    """A human-readable table."""
+    lines = [
+        f"{'account':<20} {'watermark':<26} {'lag':>10} {'last run':<10} {'rows 24h':>9} "
+        f"{'failed':>6}"
+    ]
+    for s in statuses:
+        lag = "never" if s.lag_seconds is None else str(timedelta(seconds=int(s.lag_seconds)))
+        mark = "  LAGGING" if s.lagging else ""
+        lines.append(
+            f"{s.api_login:<20} {s.watermark or '-'!s:<26} {lag:>10} "
+            f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"
+            f"{mark}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Processes: concurrent syncs, the daemon and its signals, killed backfills, status, metrics."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import requests
+
+from etl.simulator import Simulator, SimulatorConfig
+from tests.conftest import free_port, run_cli, start_cli
+
+
+def _env(sim: Simulator, database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "TCXC_API_URL": sim.url,
+        "TCXC_API_LOGIN": "buyer1",
+        "TCXC_API_KEY": "key-one",
+        "DATABASE_URL": database_url,
+        "TCXC_START_DATE": "2026-09-21",
+        "TCXC_WINDOW": "1d",
+        **extra,
+    }
+
+
+def _query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _wait_for(database_url: str, sql: str, minimum: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _query(database_url, sql)[0][0] >= minimum:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {sql} >= {minimum}")
+
+
+def _truth(sim: Simulator) -> list[tuple[int, str]]:
+    return sorted({(int(r["i_cdr"]), r["customer_amount"]) for r in sim.records("buyer1")})
+
+
+def _table(database_url: str) -> list[tuple[Any, ...]]:
+    return _query(database_url, "SELECT i_cdr, customer_amount::text FROM cdr ORDER BY i_cdr")
+
+
+@pytest.fixture
+def slow_sim(sim_config: SimulatorConfig) -> Iterator[Simulator]:
+    """The simulator answering every request after 50 ms."""
+    with Simulator(replace(sim_config, latency=0.05)) as server:
+        yield server
+
+
+def test_two_sync_processes_load_everything_once(sim: Simulator, database_url: str) -> None:
+    """Two `sync` processes started together: both exit 0 and every CDR is loaded once."""
+    env = _env(sim, database_url, TCXC_WINDOW="7d")
+    first, second = start_cli("sync", env=env), start_cli("sync", env=env)
+    outputs = [proc.communicate(timeout=120) for proc in (first, second)]
+    assert first.returncode == 0, outputs[0][1]
+    assert second.returncode == 0, outputs[1][1]
+    assert _table(database_url) == _truth(sim)
+    runs = _query(database_url, "SELECT status FROM etl_run WHERE command = 'sync'")
+    assert all(status == "succeeded" for (status,) in runs)
+
+
+def test_backfill_killed_halfway_resumes_without_refetching(
+    slow_sim: Simulator, database_url: str
+) -> None:
+    """SIGKILL mid-backfill, run it again: finished windows are skipped, the watermark untouched."""
+    env = _env(slow_sim, database_url, TCXC_PAGE_SIZE="100")
+    args = ("backfill", "--from", "2026-09-21", "--to", "2026-10-01")
+    proc = start_cli(*args, env=env)
+    _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    done_before = set(
+        _query(database_url, "SELECT window_start FROM sync_window WHERE status = 'done'")
+    )
+    assert 3 <= len(done_before) < 10
+    result = run_cli(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"({len(done_before)} already done by an interrupted run)" in result.stdout
+    second_run = set(
+        _query(
+            database_url,
+            "SELECT window_start FROM sync_window WHERE run_id = (SELECT max(id) FROM etl_run)",
+        )
+    )
+    assert second_run.isdisjoint(done_before)
+    assert len(second_run) + len(done_before) == 10
+    assert _table(database_url) == _truth(slow_sim)
+    assert _query(database_url, "SELECT count(*) FROM sync_state") == [(0,)]
+
+
+def test_dry_run_fetches_nothing(sim: Simulator, database_url: str) -> None:
+    """`backfill --dry-run` prints the plan and sends no request."""
+    before = sim.requests_served
+    result = run_cli(
+        "backfill",
+        "--from",
+        "2026-09-21",
+        "--to",
+        "2026-09-24",
+        "--dry-run",
+        env=_env(sim, database_url),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3 window(s)" in result.stdout and result.stdout.count("todo") == 3
+    assert sim.requests_served == before
+
+
+def test_sigterm_stops_the_daemon_cleanly(slow_sim: Simulator, database_url: str) -> None:
+    """SIGTERM mid-pass: exit 0 within the bound, and state stays consistent."""
+    port = free_port()
+    env = _env(slow_sim, database_url, TCXC_PAGE_SIZE="100", TCXC_METRICS_PORT=str(port))
+    proc = start_cli("daemon", env=env)
+    _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 2)
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert "tcxc_rows_total" in metrics and "tcxc_api_requests_total" in metrics
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 15
+    watermark = _query(database_url, "SELECT watermark FROM sync_state")
+    last_done = _query(
+        database_url, "SELECT max(window_end) FROM sync_window WHERE status = 'done'"
+    )
+    assert watermark == last_done, "the watermark is exactly the last committed window's end"
+    loaded = _query(database_url, "SELECT count(*) FROM cdr")[0][0]
+    inserted = _query(database_url, "SELECT sum(inserted) FROM sync_window WHERE status = 'done'")
+    assert inserted == [(loaded,)], "no row outside a committed window"
+
+
+def test_status_reports_and_exits_1_when_lagging(sim: Simulator, database_url: str) -> None:
+    """`status --json` shows the watermark and rows; a tight lag threshold gives exit code 1."""
+    env = _env(sim, database_url, TCXC_WINDOW="7d")
+    assert run_cli("sync", env=env).returncode == 0
+    ok = run_cli("status", "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    (account,) = orjson.loads(ok.stdout)
+    assert account["api_login"] == "buyer1" and account["watermark"]
+    assert account["rows_loaded_24h"] == len(_truth(sim))
+    assert account["failed_windows_pending"] == 0
+    lagging = run_cli("status", env={**env, "TCXC_LAG_ALERT": "1s"})
+    assert lagging.returncode == 1 and "buyer1" in lagging.stderr
+
+
+def test_health_fails_when_lagging(sim: Simulator, database_url: str) -> None:
+    """/healthz answers 503 naming the account when its lag passes the threshold."""
+    port = free_port()
+    env = _env(
+        sim, database_url, TCXC_METRICS_PORT=str(port), TCXC_LAG_ALERT="1s", TCXC_WINDOW="7d"
+    )
+    proc = start_cli("daemon", env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert answer.status_code == 503 and answer.json()["lagging"] == ["buyer1"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0

@@ -1,0 +1,173 @@
+"""Incremental and deep passes: windows, watermark, late and re-rated CDRs, locks."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from etl import state
+from etl.config import Settings
+from etl.locks import account_lock
+from etl.passes import DEEP, INCREMENTAL, plan_deep, plan_incremental, run_pass
+from etl.simulator import Fault, Simulator
+from tests.conftest import make_job, make_settings, table_rows
+
+NOW = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)  # settle lag 10 min: passes end at 2026-10-01
+START = datetime(2026, 9, 21, tzinfo=UTC)
+
+
+def _settings(sim: Simulator, **overrides: Any) -> Settings:
+    base = make_settings(sim, start_date=datetime(2026, 9, 21), window=timedelta(days=1))
+    return replace(base, **overrides)
+
+
+def _ids(engine: Engine) -> set[int]:
+    return {row[0] for row in table_rows(engine, "SELECT i_cdr FROM cdr")}
+
+
+def _api_ids(sim: Simulator) -> set[int]:
+    return {int(r["i_cdr"]) for r in sim.records("buyer1")}
+
+
+@given(
+    watermark=st.none()
+    | st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 1), timezones=st.just(UTC)
+    ),
+    hours=st.integers(1, 48),
+)
+def test_incremental_plan_covers_from_lookback_to_lag(
+    watermark: datetime | None, hours: int
+) -> None:
+    """Windows run contiguously from watermark - lookback (or the start date) to now - lag."""
+    settings = Settings(start_date=datetime(2026, 1, 1), window=timedelta(hours=hours))
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    windows = plan_incremental(watermark, now, settings)
+    first = (watermark - settings.lookback) if watermark else datetime(2026, 1, 1, tzinfo=UTC)
+    assert first - timedelta(seconds=1) < windows[0].start <= first
+    assert windows[-1].end == now - settings.settle_lag
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
+
+
+def test_deep_plan_reaches_back_to_the_deep_lookback() -> None:
+    """The deep pass covers [now - deep lookback, watermark] and nothing without a watermark."""
+    settings = Settings()
+    now = datetime(2026, 10, 1, tzinfo=UTC)
+    assert plan_deep(None, now, settings) == []
+    windows = plan_deep(now - timedelta(hours=1), now, settings)
+    assert windows[0].start == now - timedelta(days=7)
+    assert windows[-1].end == now - timedelta(hours=1)
+
+
+def test_first_pass_loads_everything_and_sets_the_watermark(sim: Simulator, engine: Engine) -> None:
+    """From the start date to now - lag: every CDR, and the watermark at the last window's end."""
+    result = run_pass(engine, make_job(_settings(sim)), INCREMENTAL, NOW)
+    assert result.ok and result.summary is not None
+    assert _ids(engine) == _api_ids(sim)
+    assert state.read_watermark(engine, "buyer1", "") == NOW - timedelta(minutes=10)
+
+
+def test_failed_window_keeps_the_watermark_and_is_retried(sim: Simulator, engine: Engine) -> None:
+    """A window that fails leaves the watermark at the last committed window; the next pass
+    retries from there and converges."""
+    settings = _settings(sim, page_size=100)
+    sim.inject(*[Fault("error_envelope")])
+    first = run_pass(engine, make_job(settings), INCREMENTAL, NOW)
+    assert first.summary is not None and len(first.summary.failures) == 1
+    assert first.summary.windows == 0, "the very first window failed: the pass stops there"
+    assert state.read_watermark(engine, "buyer1", "") is None
+    assert _ids(engine) == set()
+    second = run_pass(engine, make_job(settings), INCREMENTAL, NOW)
+    assert second.ok
+    assert _ids(engine) == _api_ids(sim)
+
+
+def test_failure_mid_pass_stops_the_watermark_before_it(sim: Simulator, engine: Engine) -> None:
+    """Windows after a failed one are not run, so the watermark cannot jump past it."""
+    settings = _settings(sim)
+    job = make_job(settings)
+    ok = run_pass(engine, job, INCREMENTAL, datetime(2026, 9, 24, 0, 10, tzinfo=UTC))
+    assert ok.ok
+    mark = state.read_watermark(engine, "buyer1", "")
+    assert mark == datetime(2026, 9, 24, tzinfo=UTC)
+    sim.inject(Fault("error_envelope"))
+    failed = run_pass(engine, job, INCREMENTAL, NOW)
+    assert failed.summary is not None and failed.summary.failures
+    assert state.read_watermark(engine, "buyer1", "") == mark
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    assert _ids(engine) == _api_ids(sim)
+
+
+def _late(sim: Simulator, when: datetime, i_cdr: str) -> dict[str, Any]:
+    record = dict(sim.records("buyer1")[0])
+    text_time = when.strftime("%Y-%m-%d %H:%M:%S")
+    record.update(
+        i_cdr=i_cdr,
+        call_id="a" * 32,
+        setup_time=text_time,
+        connect_time=text_time,
+        disconnect_time=text_time,
+    )
+    sim.publish("buyer1", record)
+    return record
+
+
+def test_late_cdr_within_lookback_is_loaded_by_the_next_pass(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A CDR published late into an already-synced period within the lookback is caught."""
+    settings = _settings(sim)
+    assert run_pass(engine, make_job(settings), INCREMENTAL, NOW).ok
+    _late(sim, NOW - timedelta(hours=1), "990000000001")
+    assert 990000000001 not in _ids(engine)
+    assert run_pass(engine, make_job(settings), INCREMENTAL, NOW + timedelta(minutes=15)).ok
+    assert 990000000001 in _ids(engine)
+
+
+def test_late_cdr_beyond_lookback_waits_for_the_deep_pass(sim: Simulator, engine: Engine) -> None:
+    """Beyond the lookback only the deep pass finds a late CDR; a re-rate converges too."""
+    settings = _settings(sim)
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    _late(sim, NOW - timedelta(days=3), "990000000002")
+    rerated = sim.records("buyer1")[-5]
+    sim.rerate("buyer1", rerated["i_cdr"], "7.777777")
+    assert run_pass(engine, job, INCREMENTAL, NOW + timedelta(minutes=15)).ok
+    assert 990000000002 not in _ids(engine)
+    watermark = state.read_watermark(engine, "buyer1", "")
+    deep = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
+    assert deep.ok and deep.summary is not None
+    assert 990000000002 in _ids(engine)
+    amount = table_rows(
+        engine, f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {rerated['i_cdr']}"
+    )
+    assert amount == [("7.777777",)]
+    assert state.read_watermark(engine, "buyer1", "") == watermark, "deep passes never move it"
+
+
+def test_a_locked_account_is_skipped(sim: Simulator, engine: Engine) -> None:
+    """While another run holds the account's lock, a pass skips the account."""
+    with account_lock(engine, "buyer1", wait=False) as got:
+        assert got
+        result = run_pass(engine, make_job(_settings(sim)), INCREMENTAL, NOW)
+    assert result.summary is None and result.skipped == "locked by another run"
+    assert _ids(engine) == set()
+
+
+def test_watermark_never_moves_backwards(sim: Simulator, engine: Engine) -> None:
+    """A pass run with an earlier clock leaves a later watermark alone."""
+    settings = _settings(sim)
+    assert run_pass(engine, make_job(settings), INCREMENTAL, NOW).ok
+    state_before = state.read_watermark(engine, "buyer1", "")
+    settings_back = replace(settings, lookback=timedelta(days=5))
+    assert (
+        run_pass(engine, make_job(settings_back), INCREMENTAL, NOW - timedelta(days=2)).ok is True
+    )
+    assert state.read_watermark(engine, "buyer1", "") == state_before
+    assert START < NOW
