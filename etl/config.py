@@ -89,6 +89,8 @@ class Settings:
     lag_alert: timedelta = timedelta(hours=2)
     metrics_port: int | None = None
     stop_timeout: timedelta = timedelta(seconds=60)
+    requests_per_second: float = 10.0
+    requests_per_hour: int = 20_000
 
     @property
     def accounts(self) -> tuple[Account, ...]:
@@ -175,6 +177,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 100_000:
+        raise ValueError("must be between 0 (no limit) and 100000 requests per second")
+    return value
+
+
 def _api_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -237,6 +246,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_LAG_ALERT": ("lag_alert", parse_duration),
     "TCXC_METRICS_PORT": ("metrics_port", _int_in(1024, 65535)),
     "TCXC_STOP_TIMEOUT": ("stop_timeout", parse_duration),
+    "TCXC_REQUESTS_PER_SECOND": ("requests_per_second", _rate),
+    "TCXC_REQUESTS_PER_HOUR": ("requests_per_hour", _int_in(0, 100_000_000)),
 }
 SECRET_SETTINGS = frozenset({"TCXC_API_KEY", "DATABASE_URL"})
 

@@ -21,6 +21,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from etl import load, state
+from etl.budget import RequestBudget
 from etl.client import ApiClient, Page
 from etl.config import Settings
 from etl.db import database_errors
@@ -52,6 +53,7 @@ class RunSummary:
     counts: Counts = field(default_factory=Counts)
     failures: list[tuple[Window, EtlError]] = field(default_factory=list)
     stopped: bool = False
+    paused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -61,6 +63,8 @@ class RunSummary:
     def status(self) -> str:
         if self.stopped:
             return "stopped"
+        if self.paused and not self.failures:
+            return "paused"
         if self.failures or self.windows + self.skipped < self.planned:
             return "failed"
         return "succeeded"
@@ -86,6 +90,7 @@ class Job:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     stop: threading.Event = field(default_factory=threading.Event)
     observe: Callable[[str, str], None] = _ignore
+    budget: RequestBudget | None = None
 
     @property
     def api_login(self) -> str:
@@ -126,6 +131,9 @@ def _fetch(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
 
     def attempt() -> Page:
         job.check_stop(where)
+        if job.budget is not None:
+            job.budget.acquire(job.stop.wait)
+            job.check_stop(where)
         try:
             page = job.client.fetch_page(params)
         except ApiError as exc:
@@ -247,6 +255,16 @@ def run_windows(
         if job.stop.is_set():
             summary.stopped = True
             break
+        if job.budget is not None and job.budget.hour_exhausted():
+            log.warning(
+                "hourly request budget spent account=%s: stopping before window %s; a later "
+                "run resumes here (TCXC_REQUESTS_PER_HOUR=%d)",
+                job.api_login,
+                window,
+                job.budget.per_hour,
+            )
+            summary.paused = True
+            break
         mover = _watermark_mover(job, window) if watermark else None
         try:
             counts = sync_window(engine, job, window, summary.run_id, mover)
@@ -299,6 +317,8 @@ def run_logged(
     summary = RunSummary(run_id=run_id, planned=len(windows))
     todo = [w for w in windows if (w.start, w.end) not in (done or set())]
     summary.skipped = len(windows) - len(todo)
+    if job.budget is not None:
+        job.budget.seed(state.requests_last_hour(engine, job.api_login))
     try:
         run_windows(engine, job, todo, summary, watermark=watermark, on_window=on_window)
     finally:

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.sql import func
 
-from etl.schema import etl_run, sync_state
+from etl.schema import etl_run, sync_state, sync_window
 from etl.windows import Window
 
 
@@ -161,3 +161,15 @@ def backfill_windows_done(
             _RESUMABLE, {"login": api_login, "prefix": prefix, "start": start, "end": end}
         ).fetchall()
     return {(row[0], row[1]) for row in rows}
+
+
+def requests_last_hour(engine: Engine, api_login: str) -> int:
+    """Pages (API requests) the ledger records for the account in the last hour."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.coalesce(func.sum(sync_window.c.pages), 0)).where(
+                sync_window.c.api_login == api_login,
+                sync_window.c.finished_at > func.now() - text("interval '1 hour'"),
+            )
+        ).scalar_one()
+    return int(value)

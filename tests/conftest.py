@@ -174,7 +174,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without TCXC settings, plus ``extra``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TCXC_", "DATABASE_URL"))}
-    return {**base, **(extra or {})}
+    no_pacing = {"TCXC_REQUESTS_PER_SECOND": "0"}  # the simulator has no limits to respect
+    return {**base, **no_pacing, **(extra or {})}
 
 
 def run_cli(

@@ -22,6 +22,7 @@ import click
 from sqlalchemy import Engine
 
 from etl import db, pipeline
+from etl.budget import RequestBudget
 from etl.client import ApiClient
 from etl.config import Account, Settings, load_settings
 from etl.errors import ConfigError, EtlError, UsageError
@@ -82,8 +83,19 @@ def make_job(
         prefix=account.prefix if prefix is None else prefix,
         retry=RetryPolicy(),
         stop=stop or threading.Event(),
+        budget=_budget(settings, account.login),
         **extra,
     )
+
+
+_BUDGETS: dict[str, RequestBudget] = {}
+
+
+def _budget(settings: Settings, login: str) -> RequestBudget:
+    """One budget per account per process, shared by all of that account's jobs."""
+    if login not in _BUDGETS:
+        _BUDGETS[login] = RequestBudget(settings.requests_per_second, settings.requests_per_hour)
+    return _BUDGETS[login]
 
 
 def summary_line(windows: int, counts: Counts) -> str:

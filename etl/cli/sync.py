@@ -40,6 +40,11 @@ def run_backfill(
     click.echo(summary_line(summary.windows, summary.counts) + resumed)
     if summary.stopped:
         raise EtlError("backfill stopped; run the same backfill again to resume it")
+    if summary.paused:
+        raise EtlError(
+            f"the hourly request budget (TCXC_REQUESTS_PER_HOUR) is spent after "
+            f"{summary.windows} window(s); run the same backfill again later to resume it"
+        )
     if summary.failures:
         _window, error = summary.failures[0]
         raise EtlError(

@@ -1,0 +1,80 @@
+"""The proactive request budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from etl import state
+from etl.budget import RequestBudget
+from etl.passes import INCREMENTAL, run_pass
+from etl.simulator import Simulator
+from tests.conftest import make_job, make_settings, table_rows
+
+
+class FakeClock:
+    """A clock that only moves when something waits on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_per_second_budget_paces_requests() -> None:
+    """At 5 requests/s, 15 requests take at least 2 s of (fake) time after the burst."""
+    clock = FakeClock()
+    budget = RequestBudget(per_second=5, per_hour=0, clock=clock)
+    for _ in range(15):
+        budget.acquire(clock.wait)
+    assert clock.now - 1000.0 >= 2.0 - 1e-9
+    assert clock.now - 1000.0 <= 2.0 + 0.2
+
+
+def test_hourly_budget_is_a_rolling_hour() -> None:
+    """The hourly budget is spent after N requests and comes back an hour later."""
+    clock = FakeClock()
+    budget = RequestBudget(per_second=0, per_hour=3, clock=clock)
+    for _ in range(3):
+        budget.acquire(clock.wait)
+    assert budget.hour_exhausted()
+    clock.now += 3601
+    assert not budget.hour_exhausted()
+
+
+def test_seeded_requests_count_against_the_hour() -> None:
+    """Requests other processes made (from the ledger) count toward the hourly budget."""
+    budget = RequestBudget(per_second=0, per_hour=10)
+    budget.seed(10)
+    assert budget.hour_exhausted()
+
+
+def test_spent_budget_pauses_the_pass_and_a_later_pass_resumes(
+    sim: Simulator, engine: Engine
+) -> None:
+    """When the hour is spent the pass ends after its window; the next one resumes."""
+    settings = replace(
+        make_settings(sim), start_date=datetime(2026, 9, 21), window=timedelta(days=1)
+    )
+    now = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)
+    clock = FakeClock()
+    budget = RequestBudget(per_second=0, per_hour=5, clock=clock)
+    job = replace(make_job(settings), budget=budget)
+    first = run_pass(engine, job, INCREMENTAL, now)
+    assert first.summary is not None and first.summary.status == "paused" and first.ok
+    done = first.summary.windows
+    assert 1 <= done < 10
+    assert state.read_watermark(engine, "buyer1", "") == datetime(2026, 9, 21 + done, tzinfo=UTC)
+    clock.now += 3601
+    rest = run_pass(engine, replace(job, budget=RequestBudget(0, 0)), INCREMENTAL, now)
+    assert rest.ok and rest.summary is not None and rest.summary.status == "succeeded"
+    count = table_rows(engine, "SELECT count(*) FROM cdr")[0][0]
+    assert count == len({r["i_cdr"] for r in sim.records("buyer1")})
