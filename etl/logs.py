@@ -49,6 +49,7 @@ def configure(verbose: bool, secrets: Iterable[str] = ()) -> RedactingFilter:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("urllib3", "alembic", "sqlalchemy"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for noisy in ("alembic", "sqlalchemy", "apscheduler"):  # SQL echo is too loud for logs
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor
