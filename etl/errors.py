@@ -71,7 +71,7 @@ class RetriableApiError(ApiError):
         self.retry_after = retry_after
 
     def located(self, where: str) -> ApiError:
-        clone = RetriableApiError(
+        clone = type(self)(
             self.message, where=where, status=self.status, retry_after=self.retry_after
         )
         clone.__cause__ = self.__cause__

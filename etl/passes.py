@@ -96,7 +96,9 @@ def run_pass(
         if not windows:
             log.info("nothing due account=%s pass=%s", job.api_login, kind)
             return PassResult(job.api_login, None, "nothing due")
-        summary = run_logged(engine, job, kind, windows, watermark=kind == INCREMENTAL)
+        summary = run_logged(
+            engine, job, kind, windows, watermark=kind == INCREMENTAL, abandon_stale=True
+        )
     return PassResult(job.api_login, summary)
 
 

@@ -310,9 +310,15 @@ def run_logged(
     watermark: bool = False,
     done: set[tuple[datetime, datetime]] | None = None,
     on_window: Callable[[Window, Counts | None], None] | None = None,
+    abandon_stale: bool = False,
 ) -> RunSummary:
-    """Open a run row, sync the windows not in ``done``, close the run row."""
+    """Open a run row, sync the windows not in ``done``, close the run row.
+
+    ``abandon_stale`` (only for callers holding the account's lock) first marks the account's
+    runs left 'running' by a dead process as 'abandoned'."""
     start, end = (windows[0].start, windows[-1].end) if windows else (None, None)
+    if abandon_stale:
+        state.abandon_stale_runs(engine, job.api_login)
     run_id = state.start_run(engine, command, job.api_login, start, end)
     summary = RunSummary(run_id=run_id, planned=len(windows))
     todo = [w for w in windows if (w.start, w.end) not in (done or set())]
@@ -348,6 +354,7 @@ def backfill(
     on_window: Callable[[Window, Counts | None], None] | None = None,
     *,
     resume: bool = True,
+    locked: bool = False,
 ) -> RunSummary:
     """Sync ``[start, end]`` in windows of the configured size; leaves the watermark alone.
 
@@ -360,4 +367,6 @@ def backfill(
         if resume
         else set()
     )
-    return run_logged(engine, job, "backfill", windows, done=done, on_window=on_window)
+    return run_logged(
+        engine, job, "backfill", windows, done=done, on_window=on_window, abandon_stale=locked
+    )

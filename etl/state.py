@@ -54,6 +54,19 @@ def start_run(
     return int(run_id)
 
 
+def abandon_stale_runs(engine: Engine, api_login: str) -> int:
+    """Mark the account's runs still 'running' as 'abandoned' (their process died).
+
+    Called by a run that holds the account's lock, so no live process owns them."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(etl_run)
+            .where(etl_run.c.api_login == api_login, etl_run.c.status == "running")
+            .values(status="abandoned", error="the process ended without closing this run")
+        )
+    return int(result.rowcount)
+
+
 def finish_run(
     engine: Engine, run_id: int, status: str, windows: int, counts: Counts, error: str | None
 ) -> None:

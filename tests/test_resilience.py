@@ -120,6 +120,9 @@ def test_sigkill_at_random_moments_converges_exactly(database_url: str) -> None:
         assert deep.returncode == 0, deep.stderr
         _assert_watermark_not_ahead(sim, database_url)
         assert _table(database_url) == _truth(sim)
+        statuses = dict(_query(database_url, "SELECT status, count(*) FROM etl_run GROUP BY 1"))
+        assert "running" not in statuses, "killed runs are marked abandoned by the next run"
+        assert statuses.get("abandoned", 0) >= 15
 
 
 def test_a_sizeable_share_of_failing_requests_still_converges(

@@ -35,7 +35,7 @@ def run_backfill(
     """Backfill under the account's lock (waiting for it) with progress; raise if it failed."""
     windows = list(plan_windows(start, end, job.settings.window))
     with account_lock(engine, job.api_login, wait=True), WindowProgress(len(windows)) as bar:
-        summary = pipeline.backfill(engine, job, start, end, bar.update, resume=resume)
+        summary = pipeline.backfill(engine, job, start, end, bar.update, resume=resume, locked=True)
     resumed = f" ({summary.skipped} already done by an interrupted run)" if summary.skipped else ""
     click.echo(summary_line(summary.windows, summary.counts) + resumed)
     if summary.stopped:
