@@ -112,9 +112,7 @@ def test_every_attempt_is_freshly_signed(sim: Simulator) -> None:
     """Each retry carries its own ts and signature (computed at send time)."""
     ticks = iter(range(10))
     session = RecordingSession()
-    import time as _time
-
-    base = int(_time.time())
+    base = int(time.time())
     client = ApiClient(
         sim.url, "buyer1", "key-one", clock=lambda: base + next(ticks), session=session
     )
