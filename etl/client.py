@@ -66,6 +66,17 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"ApiClient(url={self.url!r}, api_login={self.api_login!r})"
 
+    def clone(self) -> ApiClient:
+        """Another client for the same account with its own session (one per worker thread)."""
+        return ApiClient(
+            self.url,
+            self.api_login,
+            self._api_key,
+            connect_timeout=self._timeouts[0],
+            read_timeout=self._timeouts[1],
+            clock=self._clock,
+        )
+
     def close(self) -> None:
         self._session.close()
 

@@ -1,18 +1,15 @@
-"""The pipeline: ties one run together, window by window.
-
-For each window: fetch every page (signed, retried), normalise each record (bad ones set
-aside), COPY the rows into a staging table, merge them into ``cdr``, and write the window's
-ledger row (and, for incremental passes, the watermark) in the same transaction. A window
-that fails is rolled back as a whole and recorded as failed; the watermark stays behind it.
+"""The pipeline: ties one run together, window by window (see ``etl.window_sync`` for one
+window). Runs windows one at a time or, with TCXC_WORKERS > 1, several at once (each on its
+own connection and HTTP session, one transaction per window), and moves the incremental
+watermark only over an unbroken chain of committed windows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -20,25 +17,13 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
-from etl import load, state
-from etl.budget import RequestBudget
-from etl.client import ApiClient, Page
-from etl.config import Settings
-from etl.db import database_errors
-from etl.errors import (
-    ApiError,
-    AuthError,
-    DatabaseError,
-    EtlError,
-    InvalidRecordError,
-    StopRequestedError,
-)
-from etl.normalize import Normalizer
-from etl.pagination import OffsetPaginator, distinct_count, page_digest
-from etl.retry import RetryPolicy, call_with_retry
+from etl import state
+from etl.errors import AuthError, DatabaseError, EtlError, StopRequestedError
 from etl.state import Counts
+from etl.window_sync import Job, _fetch, _normalise, load_window, record_failure, sync_window  # noqa: F401 - TODO: etl.verify imports these here
 from etl.windows import Window, plan_windows
 
+__all__ = ["Job", "RunSummary", "backfill", "load_window", "run_logged", "run_windows"]
 log = logging.getLogger(__name__)
 
 
@@ -70,168 +55,47 @@ class RunSummary:
         return "succeeded"
 
 
-def _ignore(_event: str, _kind: str) -> None:
-    """The default observer: metrics are optional."""
+class WatermarkChain:
+    """Moves the watermark over the unbroken chain of committed windows of one pass.
 
-
-@dataclass(frozen=True)
-class Job:
-    """One account's work: which account, which prefix, how to fetch and retry.
-
-    ``stop`` is set (by a signal handler) to ask the run to stop: the current window is
-    abandoned (rolled back) at the next page boundary or retry wait, and no new one starts.
-    ``observe(event, kind)`` receives ``("api_request", "ok")``, ``("api_error", kind)`` and
-    ``("rows", outcome)`` notifications for metrics.
+    Windows may commit out of order when several run at once. Each window, inside its own
+    transaction, advances the watermark to the end of the longest chain of committed windows
+    starting at the pass's start, so the watermark never passes a window that did not commit.
+    The lock is held from that computation until the commit is over, so two windows never
+    decide on stale knowledge of each other.
     """
 
-    client: ApiClient
-    settings: Settings
-    prefix: str = ""
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    stop: threading.Event = field(default_factory=threading.Event)
-    observe: Callable[[str, str], None] = _ignore
-    budget: RequestBudget | None = None
+    def __init__(self, job: Job, start: datetime) -> None:
+        self.job = job
+        self.mark = start
+        self.done: list[Window] = []
+        self._lock = threading.Lock()
+        self._next = start
 
-    @property
-    def api_login(self) -> str:
-        return self.client.api_login
+    def _chain(self, windows: list[Window]) -> datetime:
+        mark = self.mark
+        for window in sorted(windows):
+            if window.start <= mark < window.end:
+                mark = window.end
+        return mark
 
-    def check_stop(self, where: str) -> None:
-        """Raise StopRequestedError if a stop was asked for."""
-        if self.stop.is_set():
-            raise StopRequestedError(f"stop requested; abandoned {where} (rolled back)")
+    def before_commit(self, conn: psycopg.Connection[Any], window: Window) -> None:
+        self._lock.acquire()
+        self._next = self._chain([*self.done, window])
+        if self._next > self.mark:
+            state.advance_watermark(conn, self.job.api_login, self.job.prefix, self._next)
 
-
-def _normalise(
-    normalizer: Normalizer, records: Iterable[Any], api_login: str
-) -> tuple[list[tuple[Any, ...]], list[load.Reject]]:
-    rows: list[tuple[Any, ...]] = []
-    rejects: list[load.Reject] = []
-    for record in records:
-        try:
-            rows.append(normalizer.normalize(record))
-        except InvalidRecordError as exc:
-            i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
-            rejects.append(
-                load.Reject(
-                    api_login=api_login,
-                    i_cdr=None if i_cdr is None else str(i_cdr)[:100],
-                    reason=exc.reason,
-                    raw=json.dumps(record, ensure_ascii=True, default=str),
-                )
-            )
-    return rows, rejects
+    def after_commit(self, window: Window, committed: bool) -> None:
+        if not self._lock.locked():
+            return  # the window failed before reaching before_commit
+        if committed:
+            self.done.append(window)
+            self.mark = max(self.mark, self._next)
+        self._lock.release()
 
 
-def _fetch(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
-    params = {**window.api_params(job.settings.api_timezone), **paginator.params()}
-    if job.prefix:
-        params["prefix"] = job.prefix
-    where = f"account {job.api_login}, window {window}, page {paginator.pages + 1}"
-
-    def attempt() -> Page:
-        job.check_stop(where)
-        if job.budget is not None:
-            job.budget.acquire(job.stop.wait)
-            job.check_stop(where)
-        try:
-            page = job.client.fetch_page(params)
-        except ApiError as exc:
-            job.observe("api_error", exc.kind)
-            raise
-        job.observe("api_request", "ok")
-        return page
-
-    # Real waits wait on the stop event, so a stop request cuts a retry wait short.
-    policy = replace(job.retry, sleep=job.stop.wait) if job.retry.sleep is time.sleep else job.retry
-    try:
-        return call_with_retry(attempt, policy, where)
-    except ApiError as exc:
-        raise (exc if exc.where else exc.located(where)) from None
-
-
-def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id: int) -> Counts:
-    """Fetch, normalise and stage every page of ``window``, then merge; no commit here."""
-    settings = job.settings
-    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
-    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
-    counts = Counts()
-    load.open_stage(conn)
-    while not paginator.done:
-        page = _fetch(job, window, paginator)
-        try:
-            paginator.advance(distinct_count(page.records), page_digest(page.body))
-        except ApiError as exc:
-            raise exc.located(f"account {job.api_login}, window {window}") from None
-        job.check_stop(f"account {job.api_login}, window {window}")
-        rows, rejects = _normalise(normalizer, page.records, job.api_login)
-        load.stage_rows(conn, rows, counts.rows_fetched)
-        counts.rows_fetched += len(page.records)
-        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
-    counts.pages = paginator.pages
-    merged = load.merge(conn, run_id)
-    counts.inserted, counts.updated = merged.inserted, merged.updated
-    counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
-    return counts
-
-
-def sync_window(
-    engine: Engine,
-    job: Job,
-    window: Window,
-    run_id: int,
-    on_commit: Callable[[psycopg.Connection[Any]], None] | None = None,
-) -> Counts:
-    """Load one window in one transaction with its ledger row (and ``on_commit`` work)."""
-    started = time.monotonic()
-    where = f"account {job.api_login}, window {window}"
-    with database_errors(where), engine.begin() as sa_conn:
-        conn = sa_conn.connection.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        counts = load_window(conn, job, window, run_id)
-        duration = time.monotonic() - started
-        state.record_window(
-            conn, run_id, job.api_login, job.prefix, window, "done", counts, duration
-        )
-        if on_commit is not None:
-            on_commit(conn)
-    log.info(
-        "window done account=%s window_start=%s window_end=%s pages=%d rows=%d inserted=%d "
-        "updated=%d unchanged=%d rejected=%d conflicts=%d duration_s=%.2f",
-        job.api_login,
-        window.start.isoformat(),
-        window.end.isoformat(),
-        counts.pages,
-        counts.rows_fetched,
-        counts.inserted,
-        counts.updated,
-        counts.unchanged,
-        counts.rejected,
-        counts.conflicts,
-        duration,
-    )
-    return counts
-
-
-def _record_failure(engine: Engine, job: Job, window: Window, run_id: int, error: EtlError) -> None:
-    try:
-        with engine.begin() as sa_conn:
-            conn = sa_conn.connection.driver_connection
-            assert isinstance(conn, psycopg.Connection)
-            state.record_window(
-                conn, run_id, job.api_login, job.prefix, window, "failed", Counts(), 0.0, str(error)
-            )
-    except Exception:  # the database may be the thing that failed; the error is raised anyway
-        log.warning(
-            "could not record the failed window account=%s window=%s", job.api_login, window
-        )
-
-
-def _watermark_mover(job: Job, window: Window) -> Callable[[psycopg.Connection[Any]], None]:
-    def move(conn: psycopg.Connection[Any]) -> None:
-        state.advance_watermark(conn, job.api_login, job.prefix, window.end)
-
-    return move
+def _stops_everything(error: EtlError) -> bool:
+    return isinstance(error, AuthError | DatabaseError)
 
 
 def run_windows(
@@ -243,51 +107,91 @@ def run_windows(
     watermark: bool = False,
     on_window: Callable[[Window, Counts | None], None] | None = None,
 ) -> RunSummary:
-    """Sync ``windows`` in order into ``summary``.
+    """Sync ``windows`` into ``summary``, up to TCXC_WORKERS at a time.
 
-    With ``watermark`` (incremental passes) each window also moves the watermark to its end
-    in its own transaction, and the first failure ends the pass, so the watermark can never
-    pass a window that did not commit. Without it (backfills) a failed window is recorded and
-    the others carry on. Errors that would fail every later window (auth, database) and stop
-    requests end the run at once.
+    With ``watermark`` (incremental passes) the watermark follows the chain of committed
+    windows and the first failure stops new windows from starting, so the watermark stays
+    before the failed window. Without it (backfills) a failed window is recorded and the others
+    carry on. Errors that would fail every later window (auth, database), stop requests and a
+    spent hourly budget end the run; windows already running finish (or are abandoned).
     """
-    for window in windows:
-        if job.stop.is_set():
-            summary.stopped = True
-            break
-        if job.budget is not None and job.budget.hour_exhausted():
-            log.warning(
-                "hourly request budget spent account=%s: stopping before window %s; a later "
-                "run resumes here (TCXC_REQUESTS_PER_HOUR=%d)",
-                job.api_login,
-                window,
-                job.budget.per_hour,
-            )
-            summary.paused = True
-            break
-        mover = _watermark_mover(job, window) if watermark else None
-        try:
-            counts = sync_window(engine, job, window, summary.run_id, mover)
-        except StopRequestedError as stop:
-            log.warning("window abandoned account=%s window=%s: %s", job.api_login, window, stop)
-            summary.stopped = True
-            break
-        except EtlError as error:
-            log.error("window failed account=%s window=%s error=%s", job.api_login, window, error)
-            _record_failure(engine, job, window, summary.run_id, error)
-            summary.failures.append((window, error))
-            if on_window is not None:
-                on_window(window, None)
-            if watermark or isinstance(error, AuthError | DatabaseError):
+    chain = WatermarkChain(job, windows[0].start) if watermark and windows else None
+    workers = max(1, min(job.settings.workers, len(windows)))
+    pending = list(windows)
+    running: dict[Future[Counts], tuple[Window, Job]] = {}
+    idle_jobs = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
+    ending = False
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window") as pool:
+        while pending or running:
+            # The first window runs alone: a bad key or an unexpected API answer costs one window.
+            capacity = len(idle_jobs) if summary.windows else len(idle_jobs) - workers + 1
+            while pending and capacity > 0 and not ending:
+                capacity -= 1
+                if _must_end(job, summary):
+                    ending = True
+                    break
+                window, worker = pending.pop(0), idle_jobs.pop()
+                future = pool.submit(sync_window, engine, worker, window, summary.run_id, chain)
+                running[future] = (window, worker)
+            if not running:
                 break
-            continue
-        summary.windows += 1
-        summary.counts.add(counts)
-        for outcome in ("inserted", "updated", "unchanged", "rejected", "conflicts"):
-            job.observe("rows:" + outcome, str(getattr(counts, outcome)))
-        if on_window is not None:
-            on_window(window, counts)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                window, worker = running.pop(future)
+                idle_jobs.append(worker)
+                if not _account(engine, job, future, window, summary, watermark, on_window):
+                    ending = True
+    for worker in idle_jobs[1:]:
+        worker.client.close()
     return summary
+
+
+def _must_end(job: Job, summary: RunSummary) -> bool:
+    if job.stop.is_set():
+        summary.stopped = True
+        return True
+    if job.budget is not None and job.budget.hour_exhausted():
+        log.warning(
+            "hourly request budget spent account=%s: no new window starts; a later run resumes "
+            "(TCXC_REQUESTS_PER_HOUR=%d)",
+            job.api_login,
+            job.budget.per_hour,
+        )
+        summary.paused = True
+        return True
+    return False
+
+
+def _account(
+    engine: Engine,
+    job: Job,
+    future: Future[Counts],
+    window: Window,
+    summary: RunSummary,
+    watermark: bool,
+    on_window: Callable[[Window, Counts | None], None] | None,
+) -> bool:
+    """Fold one finished window into the summary; False when no new window should start."""
+    try:
+        counts = future.result()
+    except StopRequestedError as stop:
+        log.warning("window abandoned account=%s window=%s: %s", job.api_login, window, stop)
+        summary.stopped = True
+        return False
+    except EtlError as error:
+        log.error("window failed account=%s window=%s error=%s", job.api_login, window, error)
+        record_failure(engine, job, window, summary.run_id, error)
+        summary.failures.append((window, error))
+        if on_window is not None:
+            on_window(window, None)
+        return not (watermark or _stops_everything(error))
+    summary.windows += 1
+    summary.counts.add(counts)
+    for outcome in ("inserted", "updated", "unchanged", "rejected", "conflicts"):
+        job.observe("rows:" + outcome, str(getattr(counts, outcome)))
+    if on_window is not None:
+        on_window(window, counts)
+    return True
 
 
 def close_run(engine: Engine, summary: RunSummary) -> None:

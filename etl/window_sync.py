@@ -1,0 +1,205 @@
+"""One window, end to end, in one transaction.
+
+Fetch every page (signed, paced by the request budget, retried), normalise each record (bad
+ones set aside), COPY the rows into a staging table, merge them into ``cdr``, and write the
+window's ledger row, plus whatever the caller adds (the watermark), in the same transaction.
+A window that fails is rolled back as a whole and recorded as failed in its own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import psycopg
+from sqlalchemy import Engine
+
+from etl import load, state
+from etl.budget import RequestBudget
+from etl.client import ApiClient, Page
+from etl.config import Settings
+from etl.db import database_errors
+from etl.errors import ApiError, EtlError, InvalidRecordError, StopRequestedError
+from etl.normalize import Normalizer
+from etl.pagination import OffsetPaginator, distinct_count, page_digest
+from etl.retry import RetryPolicy, call_with_retry
+from etl.state import Counts
+from etl.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+def _ignore(_event: str, _kind: str) -> None:
+    """The default observer: metrics are optional."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One account's work: which account, which prefix, how to fetch and retry.
+
+    ``stop`` is set (by a signal handler) to ask the run to stop: the current window is
+    abandoned (rolled back) at the next page boundary or retry wait, and no new one starts.
+    ``observe(event, kind)`` receives ``("api_request", "ok")``, ``("api_error", kind)`` and
+    ``("rows", outcome)`` notifications for metrics.
+    """
+
+    client: ApiClient
+    settings: Settings
+    prefix: str = ""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stop: threading.Event = field(default_factory=threading.Event)
+    observe: Callable[[str, str], None] = _ignore
+    budget: RequestBudget | None = None
+
+    @property
+    def api_login(self) -> str:
+        return self.client.api_login
+
+    def check_stop(self, where: str) -> None:
+        """Raise StopRequestedError if a stop was asked for."""
+        if self.stop.is_set():
+            raise StopRequestedError(f"stop requested; abandoned {where} (rolled back)")
+
+
+def _normalise(
+    normalizer: Normalizer, records: Iterable[Any], api_login: str
+) -> tuple[list[tuple[Any, ...]], list[load.Reject]]:
+    rows: list[tuple[Any, ...]] = []
+    rejects: list[load.Reject] = []
+    for record in records:
+        try:
+            rows.append(normalizer.normalize(record))
+        except InvalidRecordError as exc:
+            i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
+            rejects.append(
+                load.Reject(
+                    api_login=api_login,
+                    i_cdr=None if i_cdr is None else str(i_cdr)[:100],
+                    reason=exc.reason,
+                    raw=json.dumps(record, ensure_ascii=True, default=str),
+                )
+            )
+    return rows, rejects
+
+
+def _fetch(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
+    params = {**window.api_params(job.settings.api_timezone), **paginator.params()}
+    if job.prefix:
+        params["prefix"] = job.prefix
+    where = f"account {job.api_login}, window {window}, page {paginator.pages + 1}"
+
+    def attempt() -> Page:
+        job.check_stop(where)
+        if job.budget is not None:
+            job.budget.acquire(job.stop.wait)
+            job.check_stop(where)
+        try:
+            page = job.client.fetch_page(params)
+        except ApiError as exc:
+            job.observe("api_error", exc.kind)
+            raise
+        job.observe("api_request", "ok")
+        return page
+
+    # Real waits wait on the stop event, so a stop request cuts a retry wait short.
+    policy = replace(job.retry, sleep=job.stop.wait) if job.retry.sleep is time.sleep else job.retry
+    try:
+        return call_with_retry(attempt, policy, where)
+    except ApiError as exc:
+        raise (exc if exc.where else exc.located(where)) from None
+
+
+def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id: int) -> Counts:
+    """Fetch, normalise and stage every page of ``window``, then merge; no commit here."""
+    settings = job.settings
+    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
+    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+    counts = Counts()
+    load.open_stage(conn)
+    while not paginator.done:
+        page = _fetch(job, window, paginator)
+        try:
+            paginator.advance(distinct_count(page.records), page_digest(page.body))
+        except ApiError as exc:
+            raise exc.located(f"account {job.api_login}, window {window}") from None
+        job.check_stop(f"account {job.api_login}, window {window}")
+        rows, rejects = _normalise(normalizer, page.records, job.api_login)
+        load.stage_rows(conn, rows, counts.rows_fetched)
+        counts.rows_fetched += len(page.records)
+        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
+    counts.pages = paginator.pages
+    merged = load.merge(conn, run_id)
+    counts.inserted, counts.updated = merged.inserted, merged.updated
+    counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
+    return counts
+
+
+class CommitHook(Protocol):
+    """Work that must commit with a window (the watermark), told whether the commit happened."""
+
+    def before_commit(self, conn: psycopg.Connection[Any], window: Window) -> None: ...
+
+    def after_commit(self, window: Window, committed: bool) -> None: ...
+
+
+def sync_window(
+    engine: Engine,
+    job: Job,
+    window: Window,
+    run_id: int,
+    hook: CommitHook | None = None,
+) -> Counts:
+    """Load one window in one transaction with its ledger row (and the hook's work)."""
+    started = time.monotonic()
+    where = f"account {job.api_login}, window {window}"
+    committed = False
+    try:
+        with database_errors(where), engine.begin() as sa_conn:
+            conn = sa_conn.connection.driver_connection
+            assert isinstance(conn, psycopg.Connection)
+            counts = load_window(conn, job, window, run_id)
+            duration = time.monotonic() - started
+            state.record_window(
+                conn, run_id, job.api_login, job.prefix, window, "done", counts, duration
+            )
+            if hook is not None:
+                hook.before_commit(conn, window)
+        committed = True
+    finally:
+        if hook is not None:
+            hook.after_commit(window, committed)
+    log.info(
+        "window done account=%s window_start=%s window_end=%s pages=%d rows=%d inserted=%d "
+        "updated=%d unchanged=%d rejected=%d conflicts=%d duration_s=%.2f",
+        job.api_login,
+        window.start.isoformat(),
+        window.end.isoformat(),
+        counts.pages,
+        counts.rows_fetched,
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        counts.rejected,
+        counts.conflicts,
+        duration,
+    )
+    return counts
+
+
+def record_failure(engine: Engine, job: Job, window: Window, run_id: int, error: EtlError) -> None:
+    try:
+        with engine.begin() as sa_conn:
+            conn = sa_conn.connection.driver_connection
+            assert isinstance(conn, psycopg.Connection)
+            state.record_window(
+                conn, run_id, job.api_login, job.prefix, window, "failed", Counts(), 0.0, str(error)
+            )
+    except Exception:  # the database may be the thing that failed; the error is raised anyway
+        log.warning(
+            "could not record the failed window account=%s window=%s", job.api_login, window
+        )
