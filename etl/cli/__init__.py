@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etl.cli import local, sync  # noqa: F401 - importing registers the commands
+from etl.cli import local, ops, sync  # noqa: F401 - importing registers the commands
 from etl.cli.base import cli, main
 
 __all__ = ["cli", "main"]

@@ -1,0 +1,164 @@
+"""Commands for operators: verify a range against the API, grant read-only access."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import click
+import orjson
+
+from etl.cli.base import AppContext, cli, database, make_job, parse_when
+from etl.errors import EtlError, UsageError
+from etl.grants import grant_readonly
+from etl.verify import KINDS, DayCounts, Example, VerifyReport, verify_range
+
+COUNTED = ("api", "warehouse", *KINDS)
+_ROW = "{:<10} {:>9} {:>9} {:>8} {:>8} {:>9}"
+
+
+@cli.command()
+@click.option("--from", "date_from", required=True, help="Start, 'YYYY-MM-DD[ HH:MM:SS]'.")
+@click.option("--to", "date_to", required=True, help="End (an instant; a date means midnight).")
+@click.option("--account", default=None, help="Account login (when several are configured).")
+@click.option("--prefix", default=None, help="Only CDRs whose destination starts with this.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def verify(
+    app: AppContext,
+    date_from: str,
+    date_to: str,
+    account: str | None,
+    prefix: str | None,
+    as_json: bool,
+) -> None:
+    """Re-read a range from the API and compare it with the warehouse (writes nothing).
+
+    Exit 1 when any CDR is missing, extra, different or unloadable.
+    """
+    settings = app.settings
+    start = parse_when(date_from, settings, "--from")
+    end = parse_when(date_to, settings, "--to")
+    if end <= start:
+        raise UsageError(f"--to {date_to!r} must be after --from {date_from!r}")
+    job = make_job(settings, settings.account(account), prefix, app.stop)
+    with database(settings) as engine:
+        report = verify_range(engine, job, start, end)
+    if as_json:
+        click.echo(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_report(report))
+    if not report.clean:
+        raise EtlError(
+            f"verify found differences for account {report.api_login} from "
+            f"{report.start.isoformat()} to {report.end.isoformat()}: {report.summary()}; "
+            "re-run backfill over the days listed, then verify again"
+        )
+
+
+@cli.command("grant-readonly")
+@click.argument("role")
+@click.pass_obj
+def grant_readonly_command(app: AppContext, role: str) -> None:
+    """Give an existing database ROLE read access to cdr and the reporting views only.
+
+    Views run with their owner's rights, so ROLE needs no grant on the rollup tables they read.
+    """
+    with database(app.settings) as engine:
+        granted = grant_readonly(engine, role)
+    for line in granted.lines():
+        click.echo(line)
+
+
+def _iso(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def _counts(day: DayCounts) -> dict[str, int]:
+    return {kind: int(getattr(day, kind)) for kind in COUNTED}
+
+
+def _example_json(kind: str, example: Example) -> dict[str, Any]:
+    data: dict[str, Any] = {"i_cdr": example.i_cdr, "day": _iso(example.day)}
+    if kind == "different":
+        data["columns"] = list(example.columns)
+    elif kind == "extra":
+        data["outside_by"] = list(example.columns)
+    return data
+
+
+def report_json(report: VerifyReport) -> dict[str, Any]:
+    """The report as JSON-ready data (what ``verify --json`` prints)."""
+    return {
+        "account": report.api_login,
+        "prefix": report.prefix,
+        "from": report.start.isoformat(),
+        "to": report.end.isoformat(),
+        "time_field": report.time_field.name,
+        "time_field_also_fits": list(report.time_field.also),
+        "time_field_note": report.time_field.note,
+        "windows": report.tally.windows,
+        "pages": report.tally.pages,
+        "rows_fetched": report.tally.rows_fetched,
+        "clean": report.clean,
+        "days": [{"day": _iso(d.day), **_counts(d)} for d in report.days],
+        "totals": {kind: report.total(kind) for kind in COUNTED},
+        "examples": {
+            kind: [_example_json(kind, e) for e in examples]
+            for kind, examples in report.examples.items()
+        },
+        "extra_outside_by_other_fields": report.boundary_extra,
+        "unloadable": {
+            "count": report.unloadable_count,
+            "examples": [{"i_cdr": u.i_cdr, "reason": u.reason} for u in report.unloadable],
+        },
+    }
+
+
+def format_report(report: VerifyReport) -> str:
+    """The report as text: a line per day, totals, then examples of each kind."""
+    tally = report.tally
+    lines = [
+        f"verify: account {report.api_login}, prefix {report.prefix or '(all)'}, "
+        f"{report.start.isoformat()} .. {report.end.isoformat()}",
+        f"time field: {report.time_field.name} ({report.time_field.note})",
+        f"windows {tally.windows}, pages {tally.pages}, rows fetched {tally.rows_fetched}",
+        "",
+        _ROW.format("day", *COUNTED),
+    ]
+    lines += [_ROW.format(_iso(d.day) or "(no time)", *_counts(d).values()) for d in report.days]
+    lines.append(_ROW.format("total", *(report.total(kind) for kind in COUNTED)))
+    lines.append("")
+    lines += _example_lines(report)
+    lines.append(f"result: {'clean' if report.clean else report.summary()}")
+    return "\n".join(lines)
+
+
+def _example_text(example: Example, kind: str) -> str:
+    detail = ""
+    if example.columns:
+        label = "outside the period by " if kind == "extra" else ""
+        detail = f"; {label}{' '.join(example.columns)}"
+    return f"{example.i_cdr} ({_iso(example.day) or 'no time'}{detail})"
+
+
+def _example_lines(report: VerifyReport) -> list[str]:
+    lines = []
+    for kind in KINDS:
+        total, examples = report.total(kind), report.examples[kind]
+        if total:
+            more = f" (first {len(examples)})" if total > len(examples) else ""
+            shown = ", ".join(_example_text(e, kind) for e in examples)
+            lines.append(f"{kind} {total}{more}: {shown}")
+    if report.boundary_extra:
+        lines.append(
+            f"note: {report.boundary_extra} extra row(s) lie outside the period by "
+            f"{' or '.join(report.time_field.also)}: they are extra only if the API filters "
+            f"on {report.time_field.name}"
+        )
+    if report.unloadable_count:
+        count = report.unloadable_count
+        more = f" (first {len(report.unloadable)})" if count > len(report.unloadable) else ""
+        shown = "; ".join(f"{u.i_cdr or '?'}: {u.reason}" for u in report.unloadable)
+        lines.append(f"unloadable {count}{more}: {shown}")
+    return lines
