@@ -164,7 +164,7 @@ def fetch_window(job: window_sync.Job, window: Window) -> Iterator[Page]:
     paginator = OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
     where = f"account {job.api_login}, window {window}"
     while not paginator.done:
-        page = window_sync._fetch(job, window, paginator)  # the pipeline's own fetch, retries
+        page = window_sync.fetch_page(job, window, paginator)  # the pipeline's own fetch, retries
         try:
             paginator.advance(distinct_count(page.records), page_digest(page.body))
         except ApiError as exc:
@@ -188,7 +188,7 @@ def _stage_window(
 ) -> None:
     fit, tally = state
     for page in fetch_window(job, window):
-        rows, rejects = window_sync._normalise(normalizer, page.records, job.api_login)
+        rows, rejects = window_sync.normalise_page(normalizer, page.records, job.api_login)
         load.stage_rows(conn, rows, tally.rows_fetched)
         fit.observe(rows, window)
         if rejects:

@@ -66,7 +66,7 @@ class Job:
             raise StopRequestedError(f"stop requested; abandoned {where} (rolled back)")
 
 
-def _normalise(
+def normalise_page(
     normalizer: Normalizer, records: Iterable[Any], api_login: str
 ) -> tuple[list[tuple[Any, ...]], list[load.Reject]]:
     rows: list[tuple[Any, ...]] = []
@@ -87,7 +87,7 @@ def _normalise(
     return rows, rejects
 
 
-def _fetch(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
+def fetch_page(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
     params = {**window.api_params(job.settings.api_timezone), **paginator.params()}
     if job.prefix:
         params["prefix"] = job.prefix
@@ -122,13 +122,13 @@ def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id:
     counts = Counts()
     load.open_stage(conn)
     while not paginator.done:
-        page = _fetch(job, window, paginator)
+        page = fetch_page(job, window, paginator)
         try:
             paginator.advance(distinct_count(page.records), page_digest(page.body))
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
         job.check_stop(f"account {job.api_login}, window {window}")
-        rows, rejects = _normalise(normalizer, page.records, job.api_login)
+        rows, rejects = normalise_page(normalizer, page.records, job.api_login)
         load.stage_rows(conn, rows, counts.rows_fetched)
         counts.rows_fetched += len(page.records)
         counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
