@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from etl import state
 from etl.errors import AuthError, DatabaseError, EtlError, StopRequestedError
 from etl.state import Counts
-from etl.window_sync import Job, _fetch, _normalise, load_window, record_failure, sync_window  # noqa: F401 - TODO: etl.verify imports these here
+from etl.window_sync import Job, load_window, record_failure, sync_window
 from etl.windows import Window, plan_windows
 
 __all__ = ["Job", "RunSummary", "backfill", "load_window", "run_logged", "run_windows"]
