@@ -1,0 +1,69 @@
+"""Several accounts from a TOML config file."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from etl.config import load_settings
+from etl.errors import ConfigError
+from etl.simulator import Simulator, SimulatorConfig
+from tests.conftest import run_cli
+
+
+def test_accounts_come_from_env_vars_and_files(tmp_path: Path) -> None:
+    """Each account's key comes from its own variable or file; the keys never show."""
+    key_file = tmp_path / "b.key"
+    key_file.write_text("key-two\n")
+    key_file.chmod(0o600)
+    config = tmp_path / "tcxc.toml"
+    config.write_text(
+        '[[accounts]]\nlogin = "a"\nkey_env = "KEY_A"\n\n'
+        f'[[accounts]]\nlogin = "b"\nkey_file = "{key_file}"\nprefix = "44"\n'
+    )
+    settings = load_settings({"KEY_A": "key-one"}, config)
+    assert [(a.login, a.key.reveal(), a.prefix) for a in settings.accounts] == [
+        ("a", "key-one", ""),
+        ("b", "key-two", "44"),
+    ]
+    assert "key-one" not in repr(settings) and "key-two" not in repr(settings)
+
+
+def test_account_problems_are_all_reported(tmp_path: Path) -> None:
+    """A missing variable, an unreadable file and a missing login are named together."""
+    config = tmp_path / "tcxc.toml"
+    config.write_text(
+        '[[accounts]]\nlogin = "a"\nkey_env = "NOPE"\n\n'
+        '[[accounts]]\nlogin = "b"\nkey_file = "/nonexistent/key"\n\n'
+        '[[accounts]]\nkey_env = "X"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, config)
+    text = str(info.value)
+    assert "NOPE is not set" in text and "/nonexistent/key" in text and "needs a login" in text
+
+
+def test_sync_runs_every_configured_account(
+    sim_config: SimulatorConfig, database_url: str, tmp_path: Path
+) -> None:
+    """`sync --config` with two accounts loads both accounts' CDRs, each tagged with its login."""
+    accounts = {"buyer1": "key-one", "buyer2": "key-two"}
+    with Simulator(replace(sim_config, accounts=accounts)) as sim:
+        config = tmp_path / "tcxc.toml"
+        config.write_text(
+            f'tcxc_api_url = "{sim.url}"\ntcxc_start_date = "2026-09-21"\ntcxc_window = "7d"\n'
+            '[[accounts]]\nlogin = "buyer1"\nkey_env = "K1"\n'
+            '[[accounts]]\nlogin = "buyer2"\nkey_env = "K2"\n'
+        )
+        env = {"K1": "key-one", "K2": "key-two", "DATABASE_URL": database_url}
+        result = run_cli("--config", str(config), "sync", env=env)
+        assert result.returncode == 0, result.stderr
+        with psycopg.connect(database_url) as conn:
+            loaded = dict(conn.execute("SELECT api_login, count(*) FROM cdr GROUP BY 1").fetchall())
+        assert loaded == {login: len(sim.records(login)) for login in accounts}
+        status = run_cli("--config", str(config), "status", env={**env, "TCXC_LAG_ALERT": "30d"})
+        assert status.returncode == 0, status.stderr
+        assert "buyer1" in status.stdout and "buyer2" in status.stdout
