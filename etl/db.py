@@ -1,6 +1,8 @@
 """Database connections: URL handling, engines, and translation of driver errors.
 
-Only this module, ``load`` and ``state`` talk to the database.
+Only this module, ``load``, ``state``, ``reporting``, ``locks``, ``status``, ``verify`` and
+``grants`` talk to the database; the pure stages (signing, pagination, normalisation, window
+planning) never do.
 """
 
 from __future__ import annotations

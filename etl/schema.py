@@ -8,6 +8,14 @@ Tables
 - ``sync_state``: per account and prefix, the incremental watermark.
 - ``sync_window``: per window of each run, its bounds, counts and outcome (ledger + history).
 - ``etl_run``: one row per run of a command.
+
+Reporting (see ``etl/reporting.py``; the views themselves live in migration 0002)
+- ``reporting_config``: one row: the reporting time zone asked for and the one in effect.
+- ``q850_cause``: ITU-T Q.850 cause codes with a name, a class and whether E.425 counts them
+  as network-delivered.
+- ``cdr_hourly``: additive measures per reporting hour, account, country, vendor and cause.
+- ``cdr_daily``: the same per reporting day, without the cause.
+- ``cdr_daily_cause``: attempts and answered calls per day, account, country, vendor and cause.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     Column,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -171,3 +182,113 @@ sync_state = Table(
     Column("watermark", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# --- reporting -------------------------------------------------------------------------------
+
+# A zone name is valid when PostgreSQL can convert a time into it (timezone() is immutable).
+_VALID_ZONE = "(timestamptz '2000-01-01 00:00:00+00' AT TIME ZONE {}) IS NOT NULL"
+
+reporting_config = Table(
+    "reporting_config",
+    metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    Column("time_zone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("applied_time_zone", Text, nullable=False, server_default=text("'UTC'")),
+    Column("hourly_days", Integer, nullable=False, server_default=text("7")),
+    CheckConstraint("id", name="ck_reporting_config_single_row"),
+    CheckConstraint(_VALID_ZONE.format("time_zone"), name="ck_reporting_config_time_zone"),
+    CheckConstraint(
+        _VALID_ZONE.format("applied_time_zone"), name="ck_reporting_config_applied_time_zone"
+    ),
+    CheckConstraint("hourly_days BETWEEN 1 AND 366", name="ck_reporting_config_hourly_days"),
+)
+
+q850_cause = Table(
+    "q850_cause",
+    metadata,
+    Column("code", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("class", Text, nullable=False),
+    Column("ner_delivered", Boolean, nullable=False),
+    CheckConstraint(
+        "class IN ('normal', 'busy / no answer', 'network / routing failure')",
+        name="ck_q850_cause_class",
+    ),
+)
+
+_ROLLUP_KEY = ("day", "api_login", "country_name", "i_vendor", "vendor_name")
+
+
+def _rollup_key() -> list[Column[Any]]:
+    return [
+        Column("day", Date, nullable=False),
+        Column("api_login", Text, nullable=False),
+        Column("country_name", Text),
+        Column("i_vendor", BigInteger),
+        Column("vendor_name", Text),
+    ]
+
+
+def _count(name: str) -> Column[Any]:
+    return Column(name, BigInteger, nullable=False)
+
+
+def _measures() -> list[Column[Any]]:
+    return [
+        _count("attempts"),
+        _count("answered"),
+        _count("ner_delivered"),
+        _count("billed_seconds"),
+        _count("duration_seconds"),
+        Column("spend", Numeric, nullable=False),
+        Column("tta_seconds", Numeric, nullable=False),
+        _count("tta_calls"),
+        _count("cost_mismatches"),
+        Column("cost_difference", Numeric, nullable=False),
+    ]
+
+
+cdr_daily = Table(
+    "cdr_daily",
+    metadata,
+    *_rollup_key(),
+    *_measures(),
+    Index("uq_cdr_daily_key", *_ROLLUP_KEY, unique=True, postgresql_nulls_not_distinct=True),
+)
+
+cdr_hourly = Table(
+    "cdr_hourly",
+    metadata,
+    Column("hour_start", DateTime(timezone=True), nullable=False),
+    *_rollup_key(),
+    Column("disconnect_code", Integer),
+    *_measures(),
+    Index(
+        "uq_cdr_hourly_key",
+        "hour_start",
+        *_ROLLUP_KEY[1:],
+        "disconnect_code",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+
+cdr_daily_cause = Table(
+    "cdr_daily_cause",
+    metadata,
+    *_rollup_key(),
+    Column("disconnect_code", Integer),
+    _count("attempts"),
+    _count("answered"),
+    Index(
+        "uq_cdr_daily_cause_key",
+        *_ROLLUP_KEY,
+        "disconnect_code",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+
+# The most expensive calls of a period (docs/queries.md): a walk down this index instead of a
+# sort of every CDR of the period.
+Index("ix_cdr_customer_amount", cdr.c.customer_amount)

@@ -1,8 +1,9 @@
 """One window, end to end, in one transaction.
 
 Fetch every page (signed, paced by the request budget, retried), normalise each record (bad
-ones set aside), COPY the rows into a staging table, merge them into ``cdr``, and write the
-window's ledger row, plus whatever the caller adds (the watermark), in the same transaction.
+ones set aside), COPY the rows into a staging table, merge them into ``cdr``, refresh the
+rollups of the days the window touched (when anything changed), and write the window's ledger
+row, plus whatever the caller adds (the watermark), all in the same transaction.
 A window that fails is rolled back as a whole and recorded as failed in its own transaction.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import psycopg
 from sqlalchemy import Engine
 
-from etl import load, state
+from etl import load, reporting, state
 from etl.budget import RequestBudget
 from etl.client import ApiClient, Page
 from etl.config import Settings
@@ -136,6 +137,8 @@ def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id:
     merged = load.merge(conn, run_id)
     counts.inserted, counts.updated = merged.inserted, merged.updated
     counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
+    if counts.inserted or counts.updated:  # unchanged rows cannot change the rollup
+        reporting.refresh_days(conn, job.api_login, window.start, window.end)
     return counts
 
 
