@@ -132,3 +132,18 @@ def test_module_runs_with_help(tmp_path: Path) -> None:
     """`python -m etl --help` lists the commands."""
     result = run_cli("--help")
     assert result.returncode == 0 and "backfill" in result.stdout
+
+
+def test_rebuild_rollup_command(sim: Simulator, database_url: str) -> None:
+    """`rebuild-rollup` recomputes the rollup from cdr (a wiped rollup comes back)."""
+    env = _env(sim, database_url)
+    assert (
+        run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", env=env).returncode == 0
+    )
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute("SELECT sum(attempts) FROM cdr_daily").fetchone()
+        conn.execute("DELETE FROM cdr_daily")
+    result = run_cli("rebuild-rollup", env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT sum(attempts) FROM cdr_daily").fetchone() == before

@@ -170,5 +170,6 @@ def db_url(app: AppContext) -> None:
         click.echo(mask_url(db.libpq_url(app.settings.database_url.reveal())))
         return
     server = _embedded(app)
-    state = "running" if server.is_running() else "stopped: run `tcxc-etl db start`"
-    click.echo(f"{server.url}  ({state})")
+    click.echo(server.url)  # alone on stdout, so "$(tcxc-etl db url)" works in scripts
+    if not server.is_running():
+        click.echo("(the embedded PostgreSQL is stopped: run `tcxc-etl db start`)", err=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import orjson
+import psycopg
 
 from etl.cli.base import AppContext, cli, database, make_job, parse_when
 from etl.errors import EtlError, UsageError
@@ -162,3 +163,21 @@ def _example_lines(report: VerifyReport) -> list[str]:
         shown = "; ".join(f"{u.i_cdr or '?'}: {u.reason}" for u in report.unloadable)
         lines.append(f"unloadable {count}{more}: {shown}")
     return lines
+
+
+@cli.command(name="rebuild-rollup")
+@click.pass_obj
+def rebuild_rollup(app: AppContext) -> None:
+    """Recompute the reporting rollups from `cdr` (after a time-zone change or an upgrade)."""
+    from etl import reporting
+    from etl.db import database_errors
+
+    with (
+        database(app.settings) as engine,
+        database_errors("rollup rebuild"),
+        engine.begin() as sa_conn,
+    ):
+        conn = sa_conn.connection.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        reporting.rebuild_rollup(conn)
+    click.echo("reporting rollups rebuilt")
