@@ -95,25 +95,40 @@ def _assert_watermark_not_ahead(sim: Simulator, url: str) -> None:
             assert int(record["i_cdr"]) in loaded, f"{record['i_cdr']} is behind the watermark"
 
 
+def _wait_for_new_run(url: str, after: int, proc: Any, timeout: float = 60) -> bool:
+    """Wait until the process has opened a run (it is working); False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _query(url, "SELECT coalesce(max(id), 0) FROM etl_run")[0][0] > after:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_sigkill_at_random_moments_converges_exactly(database_url: str) -> None:
-    """`sync` killed with SIGKILL at 20+ random moments, restarted each time: the table ends
-    equal to the API's ground truth, and the watermark was never ahead of committed data."""
+    """`sync` killed with SIGKILL at 20+ random moments of its work, restarted each time: the
+    table ends equal to the API's ground truth, and the watermark was never ahead of committed
+    data. The lookback spans the whole range, so every run re-reads all of it and each kill
+    lands in real work (mid-fetch, mid-COPY, mid-merge or mid-commit)."""
     rng = random.Random(20261125)
     with _recent_sim(6000, latency=0.01) as sim:
-        env = _env(sim, database_url)
-        kills = 0
-        for attempt in range(22):
+        env = _env(sim, database_url, TCXC_LOOKBACK="4d")
+        kills = attempts = 0
+        while kills < 20:
+            attempts += 1
+            assert attempts <= 40, f"only {kills} kills landed in {attempts} runs"
+            last_run = _query(database_url, "SELECT coalesce(max(id), 0) FROM etl_run")[0][0]
             proc = start_cli("sync", env=env)
-            time.sleep(rng.uniform(0.6, 2.5))
+            if _wait_for_new_run(database_url, last_run, proc):
+                time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.communicate(timeout=60)
             _assert_watermark_not_ahead(sim, database_url)
-            if attempt == 10:  # re-rate a CDR the first runs already loaded
+            if kills == 10:  # re-rate a CDR the first runs already loaded
                 first = sim.records("buyer1")[5]
                 sim.rerate("buyer1", first["i_cdr"], "3.141592")
-        assert kills >= 20
         final = run_cli("sync", env=env)
         assert final.returncode == 0, final.stderr
         deep = run_cli("sync", "--deep", env=env)
