@@ -53,6 +53,15 @@ def parse_when(text: str, settings: Settings, option: str) -> datetime:
     raise UsageError(f"{option} {text!r} is not a date such as 2026-01-31 or '2026-01-31 12:00:00'")
 
 
+def parse_range(date_from: str, date_to: str, settings: Settings) -> tuple[datetime, datetime]:
+    """``--from``/``--to`` as aware datetimes, with ``--to`` after ``--from``."""
+    start = parse_when(date_from, settings, "--from")
+    end = parse_when(date_to, settings, "--to")
+    if end <= start:
+        raise UsageError(f"--to {date_to!r} must be after --from {date_from!r}")
+    return start, end
+
+
 @contextmanager
 def database(settings: Settings) -> Iterator[Engine]:
     with db.open_database(

@@ -9,8 +9,8 @@ import click
 import orjson
 import psycopg
 
-from etl.cli.base import AppContext, cli, database, make_job, parse_when
-from etl.errors import EtlError, UsageError
+from etl.cli.base import AppContext, cli, database, make_job, parse_range
+from etl.errors import EtlError
 from etl.grants import grant_readonly
 from etl.verify import KINDS, DayCounts, Example, VerifyReport, verify_range
 
@@ -38,10 +38,7 @@ def verify(
     Exit 1 when any CDR is missing, extra, different or unloadable.
     """
     settings = app.settings
-    start = parse_when(date_from, settings, "--from")
-    end = parse_when(date_to, settings, "--to")
-    if end <= start:
-        raise UsageError(f"--to {date_to!r} must be after --from {date_from!r}")
+    start, end = parse_range(date_from, date_to, settings)
     job = make_job(settings, settings.account(account), prefix, app.stop)
     with database(settings) as engine:
         report = verify_range(engine, job, start, end)

@@ -12,9 +12,9 @@ import orjson
 from sqlalchemy import Engine
 
 from etl import db, pipeline, state
-from etl.cli.base import AppContext, cli, database, make_job, parse_when, summary_line
+from etl.cli.base import AppContext, cli, database, make_job, parse_range, summary_line
 from etl.config import Settings
-from etl.errors import EtlError, UsageError
+from etl.errors import EtlError
 from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, PassResult, run_all
 from etl.progress import WindowProgress
@@ -80,10 +80,7 @@ def backfill(
 ) -> None:
     """Sync a date range now, window by window, and print a summary (resumable)."""
     settings = app.settings
-    start = parse_when(date_from, settings, "--from")
-    end = parse_when(date_to, settings, "--to")
-    if end <= start:
-        raise UsageError(f"--to {date_to!r} must be after --from {date_from!r}")
+    start, end = parse_range(date_from, date_to, settings)
     job = make_job(settings, settings.account(account), prefix, app.stop)
     if dry_run:
         _print_plan(settings, job, start, end)
