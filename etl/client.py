@@ -1,11 +1,13 @@
 """The TCXC API client: signs, sends and classifies one ``buyers/callhistory`` request.
 
-The only module that imports requests. One keep-alive session; connect and read timeouts;
-a fresh ``ts`` and signature on every attempt. A response is data only if it is the success
-envelope ``{"status": "success", "cdrs": [...]}``; anything else raises a typed ApiError, so
-an unrecognised answer can never be mistaken for "zero rows". Error messages never contain
-the API key or a signature (requests' own exceptions, which may quote the request, are
-summarised, not chained into our messages).
+The only module that imports requests (and urllib3, its transport). One keep-alive session;
+connect and read timeouts; a fresh ``ts`` and signature on every attempt. The body is read in
+one call (requests' own ``.content`` reads it in 10 kB chunks, dozens of reads per page) and
+the environment's proxy and CA settings are read once per client, not once per request.
+A response is data only if it is the success envelope ``{"status": "success", "cdrs": [...]}``;
+anything else raises a typed ApiError, so an unrecognised answer can never be mistaken for
+"zero rows". Error messages never contain the API key or a signature (requests' own
+exceptions, which may quote the request, are summarised, not chained into our messages).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import orjson
 import requests
+import urllib3
 
 from etl import __version__
 from etl.errors import (
@@ -61,6 +64,10 @@ class ApiClient:
         self._clock = clock
         self._session = session or requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
+        # What requests would look up in the environment (proxies, CA bundle) on every
+        # request, looked up once; then the session stops looking.
+        self._send_options = self._session.merge_environment_settings(url, {}, True, None, None)
+        self._session.trust_env = False
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -86,13 +93,17 @@ class ApiClient:
         form.update(signed_params(self._api_key, self.api_login, int(self._clock())))
         self.requests_sent += 1
         try:
-            response = self._session.post(self.url, data=form, timeout=self._timeouts)
-            body = response.content
-        except requests.Timeout:
+            response = self._session.post(
+                self.url, data=form, timeout=self._timeouts, **self._send_options
+            )
+            body = response.raw.read(decode_content=True)  # all of it; then back to the pool
+        except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise RetriableApiError("the API did not answer in time") from None
         except requests.ConnectionError as exc:
             raise RetriableApiError(f"cannot reach the API: {_reason(exc)}") from None
-        except requests.RequestException as exc:
+        except urllib3.exceptions.ProtocolError:
+            raise RetriableApiError("the connection broke while the answer was read") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise RetriableApiError(f"request failed: {type(exc).__name__}") from None
         return classify(response.status_code, response.headers, body)
 

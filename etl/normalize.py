@@ -1,24 +1,47 @@
-"""Normalisation: one raw API record into one typed row, or an InvalidRecordError.
+"""Normalisation: raw API records into typed rows, or an InvalidRecordError.
 
 Pure: no I/O. The API sends most values as JSON strings ("duration": "7"), the two
 billing prices as JSON numbers, and '' or null for absent values. Every documented field
 becomes a typed column (integers, exact decimals, timezone-aware times in the API's zone,
 '' -> NULL); unknown extra fields are kept in the raw payload and never reject a row.
+
+Two outputs, one meaning:
+- ``Normalizer.normalize(record)``: one record -> one tuple of typed Python values. It is the
+  reference: every rule and every reject reason lives here.
+- ``Normalizer.normalize_page(records)``: a whole page -> the same rows as lines of
+  PostgreSQL's COPY text format (which PostgreSQL casts to exactly those typed values), plus
+  the rejects with their reasons. This is the load path: it works column by column with
+  checks that run in C (``str.isdigit`` over a joined column, set lookups, ``map``), so the
+  common, well-formed page never builds a Decimal or a datetime. A value the fast checks do
+  not vouch for goes through the reference converters; a record they refuse goes through
+  ``normalize``, which rejects it with its reason (or, if it accepts it, gives its row).
 """
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from etl.errors import InvalidRecordError
+from etl.pgtext import (
+    NULL,
+    PLAIN_FLOAT,
+    copy_escape,
+    join_parts,
+    jsonb_object_parts,
+    jsonb_text,
+    jsonb_texts,
+    utc_offset_text,
+)
 
 MAX_TEXT = 2000
 BIGINT_MAX = 2**63 - 1
@@ -151,6 +174,10 @@ class Normalizer:
         self.api_login = api_login
         self.tz = tz
         self.keep_full_raw = raw_payload == "full"
+        self._login_text = copy_escape(api_login)
+        # "YYYY-MM-DD HH" (local) -> the UTC offset text every second of that hour has, or ""
+        # when the hour cannot take the fast path (invalid, out of range, DST change inside).
+        self._hour_offsets: dict[str, str] = {}
 
     def normalize(self, record: Any) -> tuple[Any, ...]:
         """Return one typed row, or raise InvalidRecordError saying why not."""
@@ -207,6 +234,169 @@ class Normalizer:
             raise ValueError(f"is out of range: {_preview(value)}")
         return aware
 
+    def normalize_page(self, records: Sequence[Any]) -> NormalizedPage:
+        """The page's rows as COPY text lines (in page order) and its rejects with reasons."""
+        count = len(records)
+        if count == 0:
+            return NormalizedPage("", 0, [])
+        columns, raws, bad = self._field_columns(records)
+        parts: list[str | Sequence[str]] = []  # a line: constant texts and per-record columns
+        plain: list[bool] = []  # per field: are its values plain JSON strings?
+        for (name, kind), values in zip(FIELD_KINDS.items(), columns, strict=True):
+            found = _FAST_COLUMNS[kind](values) if kind != TIME else self._time_column(values)
+            if found is None or (name == "i_cdr" and not _positive_ids(found[0])):
+                found = self._exact_column(name, values, bad), "", False
+            parts += [found[0], found[1] + "\t"]
+            plain.append(found[2])
+        parts.append(self._login_text + "\t")
+        if raws is not None:
+            parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
+        elif self.keep_full_raw:  # the usual page: the payloads are the field columns
+            json = [
+                v if p else _json_copy_texts(v, bad) for v, p in zip(columns, plain, strict=True)
+            ]
+            parts += jsonb_object_parts(API_KEYS, json, plain)
+        else:
+            parts.append("{}")
+        parts.append("\n")
+        lines = join_parts(parts)
+        rejects: list[tuple[Any, str]] = []
+        if bad:
+            lines = self._redo_bad(records, lines, bad, rejects)
+        return NormalizedPage("".join(lines), len(lines), rejects)
+
+    def _redo_bad(
+        self, records: Sequence[Any], lines: list[str], bad: set[int], rejects: list[Any]
+    ) -> list[str]:
+        """Lines with each record in ``bad`` redone by ``normalize``: rejected, or its row."""
+        kept: list[str] = []
+        for index, line in enumerate(lines):
+            if index not in bad:
+                kept.append(line)
+                continue
+            try:
+                kept.append(self._typed_line(self.normalize(records[index])) + "\n")
+            except InvalidRecordError as exc:
+                rejects.append((records[index], exc.reason))
+        return kept
+
+    def _field_columns(
+        self, records: Sequence[Any]
+    ) -> tuple[list[Sequence[Any]], list[Any] | None, set[int]]:
+        """Each documented field's values across the page, in FIELDS order; the raw payloads
+        (None when every record has exactly the documented keys: the fields are the payload);
+        the indexes of records that cannot be split into fields."""
+        keys = _same_documented_keys(records)
+        if keys is not None:  # the usual page: read the values in place, in the keys' order
+            columns = list(zip(*map(dict.values, records), strict=True))
+            return [columns[keys.index(key)] for key in API_KEYS], None, set()
+        rows: list[tuple[Any, ...]] = []
+        raws: list[Any] = []
+        bad: set[int] = set()
+        for index, record in enumerate(records):
+            try:
+                if not isinstance(record, dict):
+                    raise InvalidRecordError("not an object")
+                fields, extra = _split_fields(record)
+            except InvalidRecordError:
+                bad.add(index)
+                rows.append(_NULL_ROW)
+                raws.append({})
+                continue
+            rows.append(tuple(map(fields.get, FIELDS)))
+            raws.append(record if self.keep_full_raw else extra)
+        return list(zip(*rows, strict=True)), raws, bad
+
+    def _time_column(self, values: Sequence[Any]) -> _Fast | None:
+        """Naive 'YYYY-MM-DD HH:MM:SS' local times + the UTC offset of their hour, or None."""
+        present, full = _present_strings(values, _TIMES)
+        if present is None:
+            return None
+        heads = list(map(_HEAD, present))
+        offsets = self._hour_offsets
+        distinct = set(heads)
+        if not offsets.keys() >= distinct:
+            if len(offsets) > _MAX_CACHED:
+                offsets.clear()
+            for head in distinct - offsets.keys():
+                offsets[head] = self._hour_offset(head)
+        suffixes = {offsets[head] for head in distinct}
+        if "" in suffixes:
+            return None
+        plain = None not in values
+        if len(suffixes) == 1 and full:  # one offset for the whole column
+            return values, suffixes.pop(), plain
+        texts = list(map(operator.add, present, map(offsets.__getitem__, heads)))
+        return _with_nulls(values, texts), "", plain
+
+    def _hour_offset(self, head: str) -> str:
+        """The offset text shared by every second of local hour ``head``, or ""."""
+        if not _HOUR_RE.fullmatch(head):
+            return ""
+        try:
+            first = datetime(int(head[:4]), int(head[5:7]), int(head[8:10]), int(head[11:13]))
+        except ValueError:
+            return ""
+        if not 1900 <= first.year <= 2200:
+            return ""
+        texts = {self._offset_text(first), self._offset_text(first.replace(minute=59, second=59))}
+        # Both ends exist and share one offset: no zone changes its offset twice in an hour.
+        return texts.pop() if len(texts) == 1 else ""
+
+    def _offset_text(self, local: datetime) -> str:
+        aware = local.replace(tzinfo=self.tz)
+        if aware.astimezone(UTC).astimezone(self.tz).replace(tzinfo=None) != local:
+            return ""  # inside a DST gap
+        offset = aware.utcoffset()
+        assert offset is not None
+        return utc_offset_text(offset)
+
+    def _exact_column(self, name: str, values: Sequence[Any], bad: set[int]) -> list[str]:
+        """A column through the reference converters; records with a bad value join ``bad``."""
+        texts: list[str] = []
+        kind = FIELD_KINDS[name]
+        for index, value in enumerate(values):
+            if index in bad:
+                texts.append(NULL)
+                continue
+            try:
+                typed = self._convert(name, value)
+            except InvalidRecordError:
+                typed = None
+                bad.add(index)
+            if name == "i_cdr" and not typed:
+                bad.add(index)  # missing or 0: ``normalize`` says which
+            texts.append(_typed_text(kind, typed))
+        return texts
+
+    def _typed_line(self, row: Sequence[Any]) -> str:
+        """One row of ``normalize`` as a COPY text line."""
+        fields = map(_typed_text, FIELD_KINDS.values(), row)
+        raw = jsonb_text(orjson.loads(row[len(FIELDS) + 1]))
+        return "\t".join((*fields, self._login_text, copy_escape(raw)))
+
+
+@dataclass(frozen=True)
+class NormalizedPage:
+    """One page, normalised: ``copy_text`` holds one COPY text line per accepted record, in
+    page order, with the columns of ROW_COLUMNS; ``rejects`` holds (record, reason) pairs."""
+
+    copy_text: str
+    rows: int
+    rejects: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def _same_documented_keys(records: Sequence[Any]) -> tuple[str, ...] | None:
+    """The records' keys when every record is a dict holding exactly the documented fields
+    (spelt as the API does), all in one order; else None."""
+    first = records[0]
+    if type(first) is not dict or len(first) != len(API_KEYS):
+        return None
+    keys = tuple(first)
+    if set(keys) != _API_KEY_SET or set(map(type, records)) != {dict}:
+        return None
+    return keys if all(map(keys.__eq__, map(tuple, records))) else None
+
 
 def _split_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Documented fields by lower-case name, and the unknown extra fields."""
@@ -221,3 +411,186 @@ def _split_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         else:
             extra[key] = value
     return fields, extra
+
+
+# --- The COPY text path -------------------------------------------------------------------
+# Each fast check accepts a column only when its text is exactly what the reference
+# converter would produce once PostgreSQL casts it (the same integer, the same numeric with
+# the same scale, the same instant); otherwise it returns None and the column goes through
+# the reference converters value by value.
+
+_NULLS: dict[Any, str] = {None: NULL, "": NULL}
+_NONE = type(None)
+_STR_OR_NONE = frozenset({str, _NONE})
+_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit/scale limits
+_SEP = "\x1f"  # joins a column's values for the pattern checks (no pattern matches it)
+_HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}")
+_HEAD = operator.itemgetter(slice(0, 13))  # "YYYY-MM-DD HH"
+_MAX_CACHED = 100_000  # entries of the hour-offset and float-text caches
+# The API spells two documented fields in upper case.
+API_KEYS = tuple({"cld": "CLD", "cli": "CLI"}.get(name, name) for name in FIELDS)
+_API_KEY_SET = frozenset(API_KEYS)
+_NULL_ROW: tuple[Any, ...] = (None,) * len(FIELDS)
+_FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
+
+
+# A column that passed its fast check: its COPY texts, a suffix every one of them takes, and
+# whether its values are plain JSON strings (each goes into the payload as it is, quoted).
+_Fast = tuple[Sequence[str], str, bool]
+
+
+def _present_strings(values: Sequence[Any], pattern: re.Pattern[str]) -> tuple[Any, bool]:
+    """(the values that are not NULL ('' or null), whether none is NULL) when every value is a
+    string or null and the present ones, joined by _SEP, match ``pattern``; else (None, _).
+    One pass over the values' objects (the join), then a scan of contiguous memory."""
+    try:
+        if pattern.fullmatch(_SEP.join(values)):
+            return values, True
+    except TypeError:  # null among them, or not strings at all
+        if not set(map(type, values)) <= _STR_OR_NONE:
+            return None, False
+    present = list(filter(None, values))  # only None and "" are false among str/None
+    return (present if not present or pattern.fullmatch(_SEP.join(present)) else None), False
+
+
+def _text_column(values: Sequence[Any]) -> _Fast | None:
+    try:
+        joined = "".join(values)
+        present, full = values, "" not in values
+    except TypeError:  # null among them, or not strings at all
+        if not set(map(type, values)) <= _STR_OR_NONE:
+            return None
+        present, full = list(filter(None, values)), False
+        joined = "".join(present)
+    # Printable (so no NUL, tab, newline, CR or other control) and no backslash: such text
+    # needs no escaping as a COPY field, nor inside a JSON string but for quotes.
+    if "\\" in joined or not joined.isprintable():
+        return None
+    if len(joined) > MAX_TEXT and max(map(len, present)) > MAX_TEXT:
+        return None
+    plain = present is values and '"' not in joined
+    return _nulled(values, full), "", plain
+
+
+def _integer_column(pattern: re.Pattern[str], high: int) -> Callable[[Sequence[Any]], _Fast | None]:
+    def check(values: Sequence[Any]) -> _Fast | None:
+        present, full = _present_strings(values, pattern)
+        if present is not None:
+            texts = _nulled(values, full)
+            return texts, "", None not in values
+        if set(map(type, values)) != {int}:  # JSON numbers (bool is another type)
+            return None
+        if min(values) < 0 or max(values) > high:
+            return None
+        return list(map(str, values)), "", False
+
+    return check
+
+
+def _decimal_column(values: Sequence[Any]) -> _Fast | None:
+    present, full = _present_strings(values, _DECIMALS)
+    if present is not None:
+        return _nulled(values, full), "", None not in values
+    if set(map(type, values)) != {float}:
+        return None
+    texts = _float_texts(values)  # as repr(), like the reference
+    return None if texts is None else (texts, "", False)
+
+
+def _json_copy_texts(values: Sequence[Any], bad: set[int]) -> list[str]:
+    """The values in jsonb's output form, as COPY fields."""
+    if set(map(type, values)) == {float}:
+        texts = _float_texts(values)
+        if texts is not None:
+            return texts
+    try:
+        return _raw_copy_texts(jsonb_texts(values), bad)
+    except TypeError:  # e.g. an integer beyond 64 bits: ``normalize`` rejects the record
+        return _raw_copy_texts(_payload_texts(values, bad), bad)
+
+
+def _float_texts(values: Sequence[float]) -> list[str] | None:
+    """repr() of each float when every one is a plain decimal within the numeric limits (so
+    it is also how jsonb prints it), else None. Cached: prices repeat across a page."""
+    texts: list[str | None] = list(map(_FLOAT_TEXTS.get, values))
+    if None in texts:
+        if len(_FLOAT_TEXTS) > _MAX_CACHED:
+            _FLOAT_TEXTS.clear()
+        for value in set(values):  # (the cache is shared by worker threads: no iterating it)
+            text = repr(value)
+            if (
+                value not in _FLOAT_TEXTS
+                and _DECIMAL_TEXT.fullmatch(text)
+                and PLAIN_FLOAT.fullmatch(text)
+            ):
+                _FLOAT_TEXTS[value] = text
+        texts = list(map(_FLOAT_TEXTS.get, values))
+        if None in texts:
+            return None
+    return texts  # type: ignore[return-value]  # no None left
+
+
+def _nulled(values: Sequence[Any], full: bool) -> Sequence[str]:
+    """The values as COPY fields ('' and null as NULL); ``full``: there is none of those."""
+    return values if full else [_NULLS.get(value, value) for value in values]
+
+
+def _with_nulls(values: Sequence[Any], texts: list[str]) -> Sequence[str]:
+    """``texts`` (one per present value) spread back over ``values`` with NULLs between."""
+    if len(texts) == len(values):
+        return texts
+    found = iter(texts)
+    return [NULL if value is None or value == "" else next(found) for value in values]
+
+
+def _positive_ids(texts: Sequence[str]) -> bool:
+    """No i_cdr is missing or zero (those records are rejected by ``normalize``)."""
+    return NULL not in texts and "" not in map(str.lstrip, texts, repeat("0"))
+
+
+def _repeated(item: str) -> re.Pattern[str]:
+    """Matches ``item`` (a pattern without groups) once or more, separated by _SEP."""
+    return re.compile(f"(?:{item})(?:{_SEP}(?:{item}))*")
+
+
+_DECIMALS = _repeated(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit and scale limits
+_TIMES = _repeated("[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-5][0-9]:[0-5][0-9]")
+_FAST_COLUMNS: dict[str, Callable[[Sequence[Any]], _Fast | None]] = {
+    TEXT: _text_column,
+    BIGINT: _integer_column(_repeated("[0-9]{1,18}"), BIGINT_MAX),  # 18 digits fit a bigint
+    COUNT: _integer_column(_repeated("[0-9]{1,9}"), INT_MAX),  # 9 digits fit an integer
+    DECIMAL: _decimal_column,
+}
+
+
+def _typed_text(kind: str, value: Any) -> str:
+    """A typed value of ``normalize`` as COPY text PostgreSQL reads back as the same value."""
+    if value is None:
+        return NULL
+    if kind == TEXT:
+        return copy_escape(value)
+    if kind == TIME:
+        return str(value.astimezone(UTC).isoformat())
+    return str(value)  # int, or Decimal (str keeps its digits and exponent: the same scale)
+
+
+def _payload_texts(raws: Sequence[Any], bad: set[int]) -> list[str]:
+    """Each raw payload in jsonb's output form; one orjson would refuse puts its record in bad."""
+    texts: list[str] = []
+    for index, raw in enumerate(raws):
+        try:
+            texts.append(jsonb_text(raw))
+        except TypeError:
+            bad.add(index)
+            texts.append("{}")
+    return texts
+
+
+def _raw_copy_texts(texts: list[str], bad: set[int]) -> list[str]:
+    """Payload texts as COPY fields; one holding a NUL character puts its record in bad."""
+    joined = "".join(texts)
+    if "\\u0000" in joined:  # the reference refuses these (see ``normalize``)
+        bad.update(index for index, text in enumerate(texts) if "\\u0000" in text)
+    if "\\" in joined:
+        return [text.replace("\\", "\\\\") for text in texts]
+    return texts

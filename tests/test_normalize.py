@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.errors import InvalidRecordError
-from etl.normalize import FIELDS, ROW_COLUMNS, Normalizer
+from etl.normalize import (
+    BIGINT,
+    COUNT,
+    DECIMAL,
+    FIELD_KINDS,
+    FIELDS,
+    ROW_COLUMNS,
+    TEXT,
+    TIME,
+    Normalizer,
+)
 
 SAMPLE: dict[str, Any] = {
     "i_cdr": "77",
@@ -140,3 +151,145 @@ def test_normalisation_is_total(record: dict[str, Any], extra: dict[str, Any]) -
     else:
         assert len(values) == len(ROW_COLUMNS)
         assert isinstance(values[0], int) and values[0] > 0
+
+
+# --- The page path (COPY text) against the reference ---------------------------------------
+
+
+def _unescape(field: str) -> str | None:
+    """One COPY text-format field back to its text (None for NULL)."""
+    if field == "\\N":
+        return None
+    escapes = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+    out, chars = [], iter(field)
+    for char in chars:
+        out.append(escapes[next(chars)] if char == "\\" else char)
+    return "".join(out)
+
+
+def _read_back(kind: str, text: str | None) -> Any:
+    """What PostgreSQL makes of a COPY field of a column of ``kind`` (value and scale)."""
+    if text is None:
+        return None
+    if kind in (BIGINT, COUNT):
+        return int(text)
+    if kind == DECIMAL:
+        number = Decimal(text)
+        return number, max(0, -int(number.as_tuple().exponent))
+    if kind == TIME:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    return text
+
+
+def _exact_json(text: str) -> Any:
+    """JSON with its numbers as exact decimals (as jsonb keeps them)."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def _reference(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == DECIMAL:
+        return value, max(0, -int(value.as_tuple().exponent))
+    if kind == TIME:  # compared as instants (times in a DST fold never equal another zone's)
+        return value.astimezone(UTC)
+    return value
+
+
+def _assert_page_matches_reference(normalizer: Normalizer, records: list[Any]) -> None:
+    page = normalizer.normalize_page(records)
+    rows, rejects = [], []
+    for record in records:
+        try:
+            rows.append(normalizer.normalize(record))
+        except InvalidRecordError as exc:
+            rejects.append((record, exc.reason))
+    assert [(id(r), why) for r, why in page.rejects] == [(id(r), why) for r, why in rejects]
+    lines = page.copy_text.split("\n")
+    assert lines.pop() == "" and len(lines) == len(rows) == page.rows
+    for line, row in zip(lines, rows, strict=True):
+        fields = [_unescape(field) for field in line.split("\t")]
+        assert len(fields) == len(ROW_COLUMNS)
+        for name, field, value in zip(FIELDS, fields, row, strict=False):
+            kind = FIELD_KINDS[name]
+            assert _read_back(kind, field) == _reference(kind, value), name
+        assert fields[-2] == row[-2]  # api_login
+        assert _exact_json(fields[-1] or "") == _exact_json(row[-1])  # the same payload
+
+
+def test_page_of_the_vendor_sample_matches_the_reference() -> None:
+    """A page of sample-like records gives, line for line, the reference's typed values."""
+    records = [
+        {**SAMPLE, "i_cdr": str(n), "billed_duration": str(n % 3 or "")} for n in range(1, 9)
+    ]
+    for zone in ("UTC", "Europe/London", "America/St_Johns", "Asia/Kathmandu"):
+        _assert_page_matches_reference(Normalizer("buyer\t1", ZoneInfo(zone)), records)
+
+
+def test_page_rejects_what_the_reference_rejects_and_keeps_the_rest() -> None:
+    """Bad records of a page are rejected with the reference's reason; the others stay."""
+    records: list[Any] = [
+        dict(SAMPLE),
+        {**SAMPLE, "i_cdr": "0"},
+        {**SAMPLE, "i_cdr": "78", "duration": "seven"},
+        ["not", "an", "object"],
+        {**SAMPLE, "i_cdr": "79", "cld": "12014705652"},  # CLD and cld agree: accepted
+        {**SAMPLE, "i_cdr": "80", "new": "\u0000"},
+        {**SAMPLE, "i_cdr": "81", "customer_ip": "a\\b\tc", "description": 'say "hi"'},
+    ]
+    normalizer = Normalizer("buyer1", ZoneInfo("UTC"))
+    _assert_page_matches_reference(normalizer, records)
+    assert len(normalizer.normalize_page(records).rejects) == 4
+
+
+def test_dst_hours_take_the_reference_path() -> None:
+    """Times in a DST change hour, or inside a gap, come out as the reference has them."""
+    records = [
+        {**SAMPLE, "i_cdr": "1", "connect_time": "2026-10-25 01:30:00"},  # ambiguous (fold 0)
+        {**SAMPLE, "i_cdr": "2", "connect_time": "2026-03-29 01:30:00"},  # does not exist
+        {**SAMPLE, "i_cdr": "3", "connect_time": "2026-03-29 02:00:00"},
+        {**SAMPLE, "i_cdr": "4", "connect_time": "1901-01-01 00:00:00.25"},
+        {**SAMPLE, "i_cdr": "5", "connect_time": "0000-00-00 00:00:00"},
+    ]
+    _assert_page_matches_reference(Normalizer("b", ZoneInfo("Europe/London")), records)
+
+
+texts = st.text() | st.sampled_from(["", "a\tb", "back\\slash", 'quo"te', "é", "\u2028", "\x01"])
+digits = st.integers(0, 10**20).map(str) | st.integers(0, 10**6).map(lambda n: f"00{n}")
+plausible = {
+    TEXT: texts | st.none() | st.integers(),
+    BIGINT: digits | st.sampled_from(["+5", " 7 ", "-1", "0", "", "1.0"]) | st.integers(-5, 2**64),
+    COUNT: digits | st.sampled_from(["2147483647", "2147483648", ""]) | st.floats(0, 10),
+    DECIMAL: st.decimals(allow_nan=False, allow_infinity=False).map(str)
+    | st.floats(allow_nan=False)
+    | st.sampled_from(["1e-5", "-0.0", "0.002100", "", "1" * 31]),
+    TIME: st.datetimes(datetime(1899, 12, 31), datetime(2201, 1, 2)).map(
+        lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S")
+    )
+    | st.sampled_from(["0000-00-00 00:00:00", "2019-02-30 10:00:00", "2019-01-01T10:00:00.5"]),
+}
+records_of_every_kind = st.fixed_dictionaries(
+    {
+        name.upper() if name in ("cld", "cli") else name: plausible[kind]
+        for name, kind in FIELD_KINDS.items()
+    }
+)
+
+
+@given(
+    pages=st.lists(
+        records_of_every_kind
+        | st.fixed_dictionaries({}, optional={name: json_values for name in FIELDS}),
+        min_size=1,
+        max_size=6,
+    ),
+    extra=st.dictionaries(st.text(), json_values, max_size=2),
+    zone=st.sampled_from(["UTC", "Europe/London", "America/St_Johns", "Asia/Kathmandu"]),
+    raw_payload=st.sampled_from(["full", "extra"]),
+)
+def test_page_path_agrees_with_the_reference(
+    pages: list[dict[str, Any]], extra: dict[str, Any], zone: str, raw_payload: str
+) -> None:
+    """Any page gives the reference's rows (value and scale) and rejects (with reasons)."""
+    records = [{**extra, **record} if n % 2 else record for n, record in enumerate(pages)]
+    _assert_page_matches_reference(Normalizer("b", ZoneInfo(zone), raw_payload), records)

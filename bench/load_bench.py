@@ -1,0 +1,429 @@
+"""Load-path benchmark: tcxc-etl against its own baselines, in one run on the same data.
+
+    python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
+        [--variants sol,copy-cdr,naive,etl] [--workers N] [--raw-payload full|extra]
+        [--repeat 1] [--single-window] [--latency 0] [--scaling 1,2,4] [--output FILE]
+
+Starts an embedded PostgreSQL (fsync off; or uses DATABASE_URL) and the API simulator in a
+separate process (its CPU is measured apart and never counted as ours), then runs each
+variant in its own child process (so its CPU time and peak RSS are its own) and into its own
+fresh database:
+
+- ``sol``: the speed of light: fetch, parse, COPY as received into a plain typed table;
+- ``copy-cdr``: the same into the real ``cdr`` table (its indexes, the raw JSONB): what the
+  schema alone costs, before any normalisation, deduplication or upsert;
+- ``naive``: typed rows, a per-page SQLAlchemy executemany of INSERT ... ON CONFLICT DO UPDATE;
+- ``etl``: tcxc-etl's first sync of the range (``etl.pipeline.backfill``), then ``resync``:
+  the same range again, with the ``cdr`` table's write counters read around it.
+
+It prints rows/s, CPU seconds of the variant, of the simulator and of PostgreSQL, peak RSS,
+the load average around each run (other work on the machine), the write counters and the
+ratios of the targets, and writes them to JSON. ``--single-window`` syncs the whole range as
+one window (the memory target). ``--scaling 1,2,4`` (with ``--latency``) runs first syncs with
+that many workers and compares each with workers x page size / latency. Figures are ratios
+within one run, so machine noise mostly cancels; this is a benchmark, not a test: it
+reports, it never fails on a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from etl import db  # noqa: E402  (the repository root must be importable first)
+from etl.config import parse_duration  # noqa: E402
+
+END = datetime(2026, 10, 1)  # naive, API zone (UTC): the simulated data ends here
+LOGIN, KEY = "bench", "bench-key"
+TEMPLATE = "bench_template"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server_url, autocommit=True, dbname="postgres")
+
+
+def _with_db(server_url: str, name: str) -> str:
+    return make_url(db.sqlalchemy_url(server_url)).set(database=name).render_as_string(False)
+
+
+@contextmanager
+def postgres(workdir: Path) -> Iterator[tuple[str, Path | None]]:
+    """A server URL, and the data directory when it is our embedded one (for its CPU)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield db.libpq_url(configured), None
+        return
+    from etl.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(workdir / "pgdata", free_port(), fsync=False)
+    server.start()
+    try:
+        yield server.url, server.data_dir
+    finally:
+        server.stop()
+
+
+def make_template(server_url: str) -> None:
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    engine = db.make_engine(_with_db(server_url, TEMPLATE))
+    db.migrate(engine)
+    engine.dispose()
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    return _with_db(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with _admin(server_url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def write_counters(url: str) -> dict[str, int]:
+    """The cdr table's insert/update/delete counters (our own session closes first)."""
+    with psycopg.connect(db.libpq_url(url), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'cdr'"
+        ).fetchone()
+    assert row is not None
+    return dict(zip(("ins", "upd", "del", "hot_upd"), (int(v) for v in row), strict=True))
+
+
+def row_count(url: str, table: str) -> int:
+    with psycopg.connect(db.libpq_url(url)) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _proc_cpu(pid: int) -> tuple[int, float, float]:
+    """(parent pid, own CPU seconds, CPU seconds of reaped children) from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rfind(")") + 2 :].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return int(fields[1]), (utime + stime) / TICKS, (cutime + cstime) / TICKS
+
+
+def postgres_cpu(data_dir: Path | None) -> float | None:
+    """CPU seconds of the embedded server: the postmaster, its live and its exited children."""
+    if data_dir is None:
+        return None
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    _ppid, own, reaped = _proc_cpu(postmaster)
+    total = own + reaped
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid, child_own, _ = _proc_cpu(int(entry.name))
+            except (OSError, ValueError):
+                continue
+            if ppid == postmaster:
+                total += child_own
+    return total
+
+
+class SimulatorProcess:
+    """``sim_server.py`` in a child process; ``stats()`` asks it for its own counters."""
+
+    def __init__(self, cdrs: int, days: int, latency: float) -> None:
+        command = [
+            sys.executable,
+            str(HERE / "sim_server.py"),
+            f"--cdrs={cdrs}",
+            f"--days={days}",
+            f"--end={END.isoformat()}",
+            f"--latency={latency}",
+            f"--login={LOGIN}",
+            f"--key={KEY}",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("URL "):
+            raise RuntimeError(f"the simulator did not start: {line!r}")
+        self.url = line.split()[1]
+
+    def stats(self) -> dict[str, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("stats\n")
+        self.process.stdin.flush()
+        result: dict[str, float] = json.loads(self.process.stdout.readline())
+        return result
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def run_variant(
+    name: str, variant: str, args: dict[str, Any], sim: SimulatorProcess, pg_dir: Path | None
+) -> dict[str, Any]:
+    """Run one variant in a child process; add the simulator's and PostgreSQL's CPU to it."""
+    load_before = os.getloadavg()[0]
+    sim_before, pg_before = sim.stats(), postgres_cpu(pg_dir)
+    completed = subprocess.run(
+        [sys.executable, str(HERE / "variants.py"), variant, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"variant {name} failed:\n{completed.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    sim_after, pg_after = sim.stats(), postgres_cpu(pg_dir)
+    result["simulator_cpu_seconds"] = (
+        sim_after["process_cpu_seconds"] - sim_before["process_cpu_seconds"]
+    )
+    result["simulator_handler_cpu_seconds"] = sim_after["cpu_seconds"] - sim_before["cpu_seconds"]
+    result["simulator_requests"] = sim_after["requests"] - sim_before["requests"]
+    result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    if pg_before is not None and pg_after is not None:
+        result["postgres_cpu_seconds"] = pg_after - pg_before
+    return result
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    best = dict(min(runs, key=lambda run: run["wall_seconds"]))
+    if len(runs) > 1:
+        best["wall_seconds_all"] = [run["wall_seconds"] for run in runs]
+        best["wall_seconds_median"] = statistics.median(best["wall_seconds_all"])
+    return best
+
+
+def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None) -> dict[str, Any]:
+    start = END - timedelta(days=options.days)
+    window = (
+        timedelta(days=options.days) if options.single_window else parse_duration(options.window)
+    )
+    base_args: dict[str, Any] = {
+        "login": LOGIN,
+        "key": KEY,
+        "start": start.replace(tzinfo=UTC).isoformat(),
+        "end": END.replace(tzinfo=UTC).isoformat(),
+        "page_size": options.page_size,
+        "window_seconds": int(window.total_seconds()),
+        "raw_payload": options.raw_payload,
+    }
+    if options.workers:
+        base_args["workers"] = options.workers
+    make_template(server_url)
+    print(f"generating {options.cdrs:,} simulated CDRs ...", flush=True)
+    sim = SimulatorProcess(options.cdrs, options.days, options.latency)
+    base_args["sim_url"] = sim.url
+    results: dict[str, Any] = {}
+    try:
+        for variant in options.variants:
+            runs, resyncs, counters = [], [], []
+            for attempt in range(options.repeat):
+                name = f"bench_{variant.replace('-', '_')}_{attempt}"
+                url = fresh_database(server_url, name)
+                args = {**base_args, "db_url": db.libpq_url(url)}
+                print(f"  {variant} (run {attempt + 1}) ...", flush=True)
+                run = run_variant(variant, variant, args, sim, pg_dir)
+                table = "sol_cdr" if variant == "sol" else "cdr"
+                run["rows_loaded"] = row_count(url, table)
+                runs.append(run)
+                if variant == "etl":
+                    before = write_counters(url)
+                    print(f"  resync (run {attempt + 1}) ...", flush=True)
+                    resync = run_variant("resync", "etl", args, sim, pg_dir)
+                    resync["rows_loaded"] = row_count(url, "cdr")
+                    after = write_counters(url)
+                    resyncs.append(resync)
+                    counters.append({"before": before, "after": after})
+                drop_database(server_url, name)
+            results[variant] = _best(runs)
+            if resyncs:
+                results["resync"] = _best(resyncs)
+                results["resync"]["cdr_write_counters"] = counters[-1]
+        for workers in options.scaling:
+            url = fresh_database(server_url, "bench_scaling")
+            args = {**base_args, "db_url": db.libpq_url(url), "workers": workers}
+            print(f"  etl with {workers} worker(s), {options.latency}s latency ...", flush=True)
+            run = run_variant("scaling", "etl", args, sim, pg_dir)
+            run["rows_loaded"] = row_count(url, "cdr")
+            run["ideal_rows_per_second"] = workers * options.page_size / options.latency
+            results[f"etl-{workers}w"] = run
+            drop_database(server_url, "bench_scaling")
+    finally:
+        sim.stop()
+    for result in results.values():
+        result["rows_per_second"] = result["rows_loaded"] / result["wall_seconds"]
+    return results
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    rate = {name: result["rows_per_second"] for name, result in results.items()}
+    found: dict[str, float] = {}
+    for name, result in results.items():
+        if "ideal_rows_per_second" in result:
+            found[f"{name}_vs_workers_x_page_size_over_latency"] = (
+                result["rows_per_second"] / result["ideal_rows_per_second"]
+            )
+    if "copy-cdr" in rate and "sol" in rate:
+        found["copy_into_cdr_vs_speed_of_light"] = rate["copy-cdr"] / rate["sol"]
+    if "etl" in rate and "sol" in rate:
+        found["first_sync_vs_speed_of_light"] = rate["etl"] / rate["sol"]
+    if "etl" in rate and "naive" in rate:
+        found["first_sync_vs_naive_upsert"] = rate["etl"] / rate["naive"]
+    if "etl" in rate and "resync" in rate:
+        found["resync_vs_first_sync"] = rate["resync"] / rate["etl"]
+    return found
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as info:
+        memory_kb = int(info.readline().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def report(payload: dict[str, Any]) -> None:
+    results = payload["results"]
+    print()
+    header = (
+        f"{'variant':<9} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'own cpu':>8} "
+        f"{'sim cpu':>8} {'pg cpu':>7} {'peak RSS':>9} {'load avg':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        pg = r.get("postgres_cpu_seconds")
+        load = "{:.1f}->{:.1f}".format(*r["load_average_1m"])
+        print(
+            f"{name:<9} {r['rows_loaded']:>9,} {r['wall_seconds']:>7.2f} "
+            f"{r['rows_per_second']:>8,.0f} {r['cpu_seconds']:>8.2f} "
+            f"{r['simulator_cpu_seconds']:>8.2f} {'-' if pg is None else f'{pg:.2f}':>7} "
+            f"{r['peak_rss_mb']:>6.0f} MB {load:>11}"
+        )
+    if "resync" in results:
+        counters = results["resync"]["cdr_write_counters"]
+        print(
+            f"\ncdr write counters around the re-sync: {counters['before']} -> {counters['after']}"
+        )
+    paths = {r["load_path"] for r in results.values() if "load_path" in r}
+    for path in sorted(paths):
+        print(f"tcxc-etl load path run: {path}")
+    for name, value in payload["ratios"].items():
+        print(f"{name}: {value:.2f}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cdrs", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--window", default="1d", help="window size, e.g. 6h, 1d")
+    parser.add_argument("--latency", type=float, default=0.0, help="simulated seconds/request")
+    parser.add_argument("--single-window", action="store_true", help="the whole range at once")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the best counts")
+    parser.add_argument(
+        "--variants",
+        default="sol,copy-cdr,naive,etl",
+        type=_names,
+        help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync); '' for none",
+    )
+    parser.add_argument("--workers", type=int, default=0, help="TCXC_WORKERS (0: its default)")
+    parser.add_argument("--raw-payload", choices=("full", "extra"), default="full")
+    parser.add_argument(
+        "--scaling",
+        type=lambda text: [int(n) for n in _names(text)],
+        default=[],
+        help="worker counts for first syncs under --latency, e.g. 1,2,4",
+    )
+    parser.add_argument("--output", type=Path, help="default: bench/results/load*.json")
+    options = parser.parse_args()
+    if options.scaling and options.latency <= 0:
+        parser.error("--scaling needs --latency (seconds per request), e.g. --latency 0.1")
+    if options.output is None:
+        suffix = "-single-window" if options.single_window else ""
+        suffix += "-latency" if options.scaling else ""
+        options.output = HERE / "results" / f"load{suffix}.json"
+    return options
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main() -> None:
+    options = parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tcxc-bench-"))
+    started = time.time()
+    try:
+        with postgres(workdir) as (server_url, pg_dir):
+            results = benchmark(options, server_url, pg_dir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    payload = {
+        "command": "python bench/load_bench.py " + " ".join(sys.argv[1:]),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "settings": {key: value for key, value in vars(options).items() if key not in ("output",)},
+        "machine": machine(),
+        "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded, fsync off",
+        "results": results,
+        "ratios": ratios(results),
+    }
+    report(payload)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"\nwritten to {options.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""One benchmark variant, run in its own process so its CPU time and peak RSS are its own.
+
+``python bench/variants.py VARIANT 'JSON ARGS'`` syncs the simulator's range into the given
+database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. Variants:
+
+- ``sol``: the speed of light: fetch pages, parse JSON, COPY the values as received into a
+  plain typed table (no indexes, no normalisation, no upsert), one COPY per window;
+- ``naive``: normalise each record to typed values, then a per-page SQLAlchemy executemany of
+  ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE`` into ``cdr``;
+- ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import psycopg
+
+from etl import db, pipeline
+from etl.client import ApiClient, Page
+from etl.config import Secret, Settings
+from etl.normalize import FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
+from etl.retry import RetryPolicy
+from etl.windows import Window, plan_windows
+
+SOL_TYPES = {"text": "text", "bigint": "bigint", "count": "integer", "decimal": "numeric"}
+# The API spells these two in upper case.
+API_KEYS = tuple({"cld": "CLD", "cli": "CLI"}.get(name, name) for name in FIELDS)
+
+
+def _windows(args: dict[str, Any]) -> list[Window]:
+    start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
+    return list(plan_windows(start, end, timedelta(seconds=args["window_seconds"])))
+
+
+def _client(args: dict[str, Any]) -> ApiClient:
+    return ApiClient(args["sim_url"], args["login"], args["key"])
+
+
+def _pages(client: ApiClient, window: Window, page_size: int) -> Any:
+    """Every page of a window, advancing ``off`` by the rows received."""
+    offset = 0
+    base = window.api_params(ZoneInfo("UTC"))
+    while True:
+        page: Page = client.fetch_page({**base, "pager": str(page_size), "off": str(offset)})
+        if not page.records:
+            return
+        yield page
+        offset += len(page.records)
+
+
+def speed_of_light(args: dict[str, Any]) -> int:
+    """Fetch, parse, COPY as received into a plain typed table."""
+    client = _client(args)
+    columns = ", ".join(
+        f"{name} {SOL_TYPES.get(kind, 'timestamptz')}" for name, kind in FIELD_KINDS.items()
+    )
+    rows = 0
+    with psycopg.connect(args["db_url"]) as conn:
+        conn.execute(f"CREATE TABLE sol_cdr ({columns})")
+        conn.commit()
+        copy_sql = f"COPY sol_cdr ({', '.join(FIELDS)}) FROM STDIN"
+        for window in _windows(args):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for page in _pages(client, window, args["page_size"]):
+                    for record in page.records:
+                        copy.write_row([record.get(key) for key in API_KEYS])
+                    rows += len(page.records)
+    return rows
+
+
+def copy_into_cdr(args: dict[str, Any]) -> int:
+    """The speed of light into the real table: COPY as received into ``cdr`` itself (its
+    indexes, the raw payload as JSONB), no normalisation, no upsert: what the schema costs."""
+    client = _client(args)
+    full_raw = args.get("raw_payload", "full") == "full"
+    rows = 0
+    copy_sql = f"COPY cdr ({', '.join(FIELDS)}, api_login, raw) FROM STDIN"
+    with psycopg.connect(args["db_url"]) as conn:
+        for number, window in enumerate(_windows(args)):
+            # Windows share their boundary second: skip what the previous window loaded.
+            shared = window.api_params(ZoneInfo("UTC"))["date_from"] if number else None
+            with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for page in _pages(client, window, args["page_size"]):
+                    for record in page.records:
+                        if record.get("setup_time") == shared:
+                            continue
+                        raw = orjson.dumps(record).decode() if full_raw else "{}"
+                        copy.write_row([*(record.get(key) for key in API_KEYS), args["login"], raw])
+                    rows += len(page.records)
+    return rows
+
+
+def naive_upsert(args: dict[str, Any]) -> int:
+    """Typed rows, per-page SQLAlchemy executemany of INSERT ... ON CONFLICT DO UPDATE."""
+    from sqlalchemy.dialects.postgresql import insert
+
+    from etl.schema import cdr
+
+    client = _client(args)
+    normalizer = Normalizer(args["login"], ZoneInfo("UTC"))
+    statement = insert(cdr)
+    statement = statement.on_conflict_do_update(
+        index_elements=[cdr.c.i_cdr],
+        set_={name: statement.excluded[name] for name in ROW_COLUMNS if name != "i_cdr"},
+    )
+    engine = db.make_engine(args["db_url"])
+    rows = 0
+    for window in _windows(args):
+        with engine.begin() as conn:
+            for page in _pages(client, window, args["page_size"]):
+                batch = {}  # one statement cannot touch a row twice: the last wins
+                for record in page.records:
+                    row = dict(zip(ROW_COLUMNS, normalizer.normalize(record), strict=True))
+                    batch[row["i_cdr"]] = row
+                conn.execute(statement, list(batch.values()))
+                rows += len(page.records)
+    engine.dispose()
+    return rows
+
+
+def _reject(record: Any, reason: str, api_login: str) -> Any:
+    from etl import load
+
+    i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
+    return load.Reject(
+        api_login=api_login,
+        i_cdr=None if i_cdr is None else str(i_cdr)[:100],
+        reason=reason,
+        raw=json.dumps(record, ensure_ascii=True, default=str),
+    )
+
+
+def fast_load_window(conn: Any, job: Any, window: Window, run_id: int) -> Any:
+    """``pipeline.load_window`` calling the page-level load path (the change pipeline.py
+    is asked to adopt); used only while pipeline.py still normalises record by record."""
+    from etl import load
+    from etl.errors import ApiError
+    from etl.pagination import OffsetPaginator, distinct_count, page_digest
+    from etl.state import Counts
+
+    module = _window_module()
+    fetch = getattr(module, "fetch_page", None) or module._fetch  # renamed upstream
+    settings = job.settings
+    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
+    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+    counts = Counts()
+    load.open_stage(conn)
+    while not paginator.done:
+        page = fetch(job, window, paginator)
+        try:
+            paginator.advance(distinct_count(page.records), page_digest(page.body))
+        except ApiError as exc:
+            raise exc.located(f"account {job.api_login}, window {window}") from None
+        job.check_stop(f"account {job.api_login}, window {window}")
+        normalized = normalizer.normalize_page(page.records)
+        load.stage_text(conn, normalized.copy_text)
+        counts.rows_fetched += len(page.records)
+        rejects = [_reject(record, why, job.api_login) for record, why in normalized.rejects]
+        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
+    counts.pages = paginator.pages
+    merged = load.merge(conn, run_id)
+    counts.inserted, counts.updated = merged.inserted, merged.updated
+    counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
+    return counts
+
+
+def _window_module() -> Any:
+    """The module that defines (and calls) ``load_window``."""
+    return importlib.import_module(pipeline.load_window.__module__)
+
+
+INFO: dict[str, Any] = {}  # what a variant wants reported besides its timings
+
+
+def tcxc_etl(args: dict[str, Any]) -> int:
+    """tcxc-etl's own backfill of the range."""
+    module = _window_module()
+    if "normalize_page" in inspect.getsource(module.load_window):
+        INFO["load_path"] = "pipeline.py"
+    else:  # pipeline.py has not switched to the page path yet: run its window loop with it
+        module.load_window = fast_load_window
+        INFO["load_path"] = "bench/variants.py:fast_load_window (page path; pipeline.py pending)"
+    settings = Settings(
+        api_url=args["sim_url"],
+        api_login=args["login"],
+        api_key=Secret(args["key"]),
+        database_url=Secret(args["db_url"]),
+        page_size=args["page_size"],
+        window=timedelta(seconds=args["window_seconds"]),
+        raw_payload=args.get("raw_payload", "full"),
+    )
+    if args.get("workers") and hasattr(settings, "workers"):
+        settings = replace(settings, workers=args["workers"])
+    INFO["workers"] = getattr(settings, "workers", 1)
+    engine = db.make_engine(args["db_url"])
+    job = pipeline.Job(client=_client(args), settings=settings, retry=RetryPolicy(attempts=1))
+    start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
+    options = {}
+    if "resume" in inspect.signature(pipeline.backfill).parameters:
+        options["resume"] = False  # a re-sync must really sync again, not skip done windows
+    summary = pipeline.backfill(engine, job, start, end, **options)
+    engine.dispose()
+    if not summary.ok:
+        raise SystemExit(f"backfill failed: {summary.failures}")
+    return summary.counts.rows_fetched
+
+
+VARIANTS: dict[str, Callable[[dict[str, Any]], int]] = {
+    "sol": speed_of_light,
+    "copy-cdr": copy_into_cdr,
+    "naive": naive_upsert,
+    "etl": tcxc_etl,
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    variant, args = sys.argv[1], json.loads(sys.argv[2])
+    rss_at_start = _peak_rss_mb()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    started = time.perf_counter()
+    fetched = VARIANTS[variant](args)
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result = {
+        "wall_seconds": wall,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
+        "rows_fetched": fetched,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_after_imports_mb": rss_at_start,
+        **INFO,
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
