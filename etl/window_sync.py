@@ -67,6 +67,13 @@ class Job:
             raise StopRequestedError(f"stop requested; abandoned {where} (rolled back)")
 
 
+def _printable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: escape it (and other controls) as Python would."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def normalise_page(
     normalizer: Normalizer, records: Iterable[Any], api_login: str
 ) -> tuple[list[tuple[Any, ...]], list[load.Reject]]:
@@ -80,8 +87,8 @@ def normalise_page(
             rejects.append(
                 load.Reject(
                     api_login=api_login,
-                    i_cdr=None if i_cdr is None else str(i_cdr)[:100],
-                    reason=exc.reason,
+                    i_cdr=None if i_cdr is None else _printable(str(i_cdr))[:100],
+                    reason=_printable(exc.reason),
                     raw=json.dumps(record, ensure_ascii=True, default=str),
                 )
             )

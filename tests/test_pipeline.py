@@ -230,3 +230,11 @@ def test_window_and_ledger_commit_together(sim: Simulator, engine: Engine) -> No
 def test_sim_end_is_the_range_end() -> None:
     """The fixtures agree on the simulated range (a guard for the tests above)."""
     assert sim_range()[1].replace(tzinfo=None) == SIM_END
+
+
+def test_reject_with_nul_in_its_i_cdr_is_stored(sim: Simulator, engine: Engine) -> None:
+    """A record whose i_cdr holds a NUL byte is rejected (escaped), not a database error."""
+    sim.publish("buyer1", {**sim.records("buyer1")[0], "i_cdr": "12\x0034"})
+    summary = _backfill(sim, engine)
+    assert summary.ok and summary.counts.rejected == 1
+    assert table_rows(engine, "SELECT i_cdr FROM cdr_reject") == [("12\\x0034",)]
