@@ -74,6 +74,17 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def make_reject(api_login: str, record: Any, reason: str) -> load.Reject:
+    """A reject row for ``record``: its i_cdr (if any) and reason made storable as text."""
+    i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
+    return load.Reject(
+        api_login=api_login,
+        i_cdr=None if i_cdr is None else _printable(str(i_cdr))[:100],
+        reason=_printable(reason),
+        raw=json.dumps(record, ensure_ascii=True, default=str),
+    )
+
+
 def normalise_page(
     normalizer: Normalizer, records: Iterable[Any], api_login: str
 ) -> tuple[list[tuple[Any, ...]], list[load.Reject]]:
@@ -136,8 +147,9 @@ def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id:
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
         job.check_stop(f"account {job.api_login}, window {window}")
-        rows, rejects = normalise_page(normalizer, page.records, job.api_login)
-        load.stage_rows(conn, rows, counts.rows_fetched)
+        normalized = normalizer.normalize_page(page.records)  # COPY text; PostgreSQL casts
+        load.stage_text(conn, normalized.copy_text)
+        rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
         counts.rows_fetched += len(page.records)
         counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
     counts.pages = paginator.pages
