@@ -5,6 +5,7 @@ database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. 
 
 - ``sol``: the speed of light: fetch pages, parse JSON, COPY the values as received into a
   plain typed table (no indexes, no normalisation, no upsert), one COPY per window;
+- ``copy-cdr``: the same into ``cdr`` itself (its indexes, the payload as JSONB);
 - ``naive``: normalise each record to typed values, then a per-page SQLAlchemy executemany of
   ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE`` into ``cdr``;
 - ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike.
@@ -30,13 +31,11 @@ import psycopg
 from etl import db, pipeline
 from etl.client import ApiClient, Page
 from etl.config import Secret, Settings
-from etl.normalize import FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
+from etl.normalize import API_KEYS, FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
 from etl.retry import RetryPolicy
 from etl.windows import Window, plan_windows
 
 SOL_TYPES = {"text": "text", "bigint": "bigint", "count": "integer", "decimal": "numeric"}
-# The API spells these two in upper case.
-API_KEYS = tuple({"cld": "CLD", "cli": "CLI"}.get(name, name) for name in FIELDS)
 
 
 def _windows(args: dict[str, Any]) -> list[Window]:
@@ -109,7 +108,7 @@ def naive_upsert(args: dict[str, Any]) -> int:
     from etl.schema import cdr
 
     client = _client(args)
-    normalizer = Normalizer(args["login"], ZoneInfo("UTC"))
+    normalizer = Normalizer(args["login"], ZoneInfo("UTC"), args.get("raw_payload", "full"))
     statement = insert(cdr)
     statement = statement.on_conflict_do_update(
         index_elements=[cdr.c.i_cdr],
@@ -143,8 +142,8 @@ def _reject(record: Any, reason: str, api_login: str) -> Any:
 
 
 def fast_load_window(conn: Any, job: Any, window: Window, run_id: int) -> Any:
-    """``pipeline.load_window`` calling the page-level load path (the change pipeline.py
-    is asked to adopt); used only while pipeline.py still normalises record by record."""
+    """The pipeline's ``load_window`` calling the page-level load path (the change asked of
+    the pipeline); used only while ``load_window`` still normalises record by record."""
     from etl import load
     from etl.errors import ApiError
     from etl.pagination import OffsetPaginator, distinct_count, page_digest
@@ -188,10 +187,10 @@ def tcxc_etl(args: dict[str, Any]) -> int:
     """tcxc-etl's own backfill of the range."""
     module = _window_module()
     if "normalize_page" in inspect.getsource(module.load_window):
-        INFO["load_path"] = "pipeline.py"
-    else:  # pipeline.py has not switched to the page path yet: run its window loop with it
+        INFO["load_path"] = f"{module.__name__}.load_window"
+    else:  # the pipeline has not switched to the page path yet: run its window loop with it
         module.load_window = fast_load_window
-        INFO["load_path"] = "bench/variants.py:fast_load_window (page path; pipeline.py pending)"
+        INFO["load_path"] = "bench/variants.py:fast_load_window (the page path)"
     settings = Settings(
         api_url=args["sim_url"],
         api_login=args["login"],
