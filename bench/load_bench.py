@@ -21,8 +21,9 @@ the load average around each run (other work on the machine), the write counters
 ratios of the targets, and writes them to JSON. ``--single-window`` syncs the whole range as
 one window (the memory target). ``--scaling 1,2,4`` (with ``--latency``) runs first syncs with
 that many workers and compares each with workers x page size / latency. Figures are ratios
-within one run, so machine noise mostly cancels; this is a benchmark, not a test: it
-reports, it never fails on a time.
+within one run, best and median of ``--repeat`` rounds (each round runs every variant once,
+so all meet the same machine load); this is a benchmark, not a test: it reports, it never
+fails on a time.
 """
 
 from __future__ import annotations
@@ -255,30 +256,30 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
     base_args["sim_url"] = sim.url
     results: dict[str, Any] = {}
     try:
-        for variant in options.variants:
-            runs, resyncs, counters = [], [], []
-            for attempt in range(options.repeat):
-                name = f"bench_{variant.replace('-', '_')}_{attempt}"
+        # Rounds: each runs every variant once, so all of them meet the same machine load.
+        runs: dict[str, list[dict[str, Any]]] = {}
+        counters: list[dict[str, Any]] = []
+        for attempt in range(options.repeat):
+            for variant in options.variants:
+                name = f"bench_{variant.replace('-', '_')}"
                 url = fresh_database(server_url, name)
                 args = {**base_args, "db_url": db.libpq_url(url)}
-                print(f"  {variant} (run {attempt + 1}) ...", flush=True)
+                print(f"  {variant} (round {attempt + 1}) ...", flush=True)
                 run = run_variant(variant, variant, args, sim, pg_dir)
-                table = "sol_cdr" if variant == "sol" else "cdr"
-                run["rows_loaded"] = row_count(url, table)
-                runs.append(run)
+                run["rows_loaded"] = row_count(url, "sol_cdr" if variant == "sol" else "cdr")
+                runs.setdefault(variant, []).append(run)
                 if variant == "etl":
                     before = write_counters(url)
-                    print(f"  resync (run {attempt + 1}) ...", flush=True)
+                    print(f"  resync (round {attempt + 1}) ...", flush=True)
                     resync = run_variant("resync", "etl", args, sim, pg_dir)
                     resync["rows_loaded"] = row_count(url, "cdr")
-                    after = write_counters(url)
-                    resyncs.append(resync)
-                    counters.append({"before": before, "after": after})
+                    counters.append({"before": before, "after": write_counters(url)})
+                    runs.setdefault("resync", []).append(resync)
                 drop_database(server_url, name)
-            results[variant] = _best(runs)
-            if resyncs:
-                results["resync"] = _best(resyncs)
-                results["resync"]["cdr_write_counters"] = counters[-1]
+        results = {variant: _best(variant_runs) for variant, variant_runs in runs.items()}
+        if counters:
+            results["resync"]["cdr_write_counters"] = counters[-1]
+            results["resync"]["cdr_write_counters_every_round"] = counters
         for workers in options.scaling:
             url = fresh_database(server_url, "bench_scaling")
             args = {**base_args, "db_url": db.libpq_url(url), "workers": workers}
