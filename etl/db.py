@@ -11,15 +11,17 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from etl.errors import DatabaseError, TransientDatabaseError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +43,15 @@ def libpq_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """One engine per process; connections are checked before use."""
+    """One engine per process; connections are checked before use.
+
+    The pool keeps 4 connections; more open as needed (a run holds up to 2 x TCXC_WORKERS
+    window transactions plus its lock), bounded by the pipeline's own threads, not the pool."""
     return create_engine(
         sqlalchemy_url(url),
         pool_pre_ping=True,
         pool_size=4,
+        max_overflow=-1,
         connect_args={"application_name": "tcxc-etl"},
     )
 
@@ -81,6 +87,9 @@ def database_errors(where: str) -> Iterator[None]:
 
 
 def alembic_config() -> Config:
+    # alembic (about 10 MB) is imported only by the commands that migrate, not by every worker.
+    from alembic.config import Config
+
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     return cfg
@@ -91,6 +100,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     with database_errors("migration"), engine.begin() as connection:
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
+        from alembic import command
+
         command.upgrade(cfg, revision)
 
 
@@ -99,6 +110,8 @@ def downgrade(engine: Engine, revision: str) -> None:
     with database_errors("migration"), engine.begin() as connection:
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
+        from alembic import command
+
         command.downgrade(cfg, revision)
 
 

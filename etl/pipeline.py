@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
-from etl import state
+from etl import prefetch, state
 from etl.errors import AuthError, DatabaseError, EtlError, StopRequestedError
 from etl.state import Counts
 from etl.window_sync import Job, load_window, record_failure, sync_window
@@ -107,43 +107,75 @@ def run_windows(
     watermark: bool = False,
     on_window: Callable[[Window, Counts | None], None] | None = None,
 ) -> RunSummary:
-    """Sync ``windows`` into ``summary``, up to TCXC_WORKERS at a time.
+    """Sync ``windows`` into ``summary`` with TCXC_WORKERS fetch slots (see ``etl.prefetch``).
+
+    Each window is fetched by a slot (its own HTTP session) and loaded, in its own transaction,
+    by a loader thread that stages the pages as they arrive; a slot takes its next window as
+    soon as it has fetched the last one, so at most TCXC_WORKERS requests are in flight and at
+    most twice that many windows are open. The first window runs alone: a bad key or an
+    unexpected API answer costs one window.
 
     With ``watermark`` (incremental passes) the watermark follows the chain of committed
     windows and the first failure stops new windows from starting, so the watermark stays
     before the failed window. Without it (backfills) a failed window is recorded and the others
     carry on. Errors that would fail every later window (auth, database), stop requests and a
-    spent hourly budget end the run; windows already running finish (or are abandoned).
+    spent hourly budget end the run; windows already started finish (or are abandoned).
     """
     chain = WatermarkChain(job, windows[0].start) if watermark and windows else None
     workers = max(1, min(job.settings.workers, len(windows)))
     pending = list(windows)
-    running: dict[Future[Counts], tuple[Window, Job]] = {}
-    idle_jobs = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
+    fetching: dict[Future[None], Job] = {}
+    loading: dict[Future[Counts], Window] = {}
+    idle = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
     ending = False
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window") as pool:
-        while pending or running:
-            # The first window runs alone: a bad key or an unexpected API answer costs one window.
-            capacity = len(idle_jobs) if summary.windows else len(idle_jobs) - workers + 1
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="fetch") as fetchers,
+        ThreadPoolExecutor(2 * workers, thread_name_prefix="window") as loaders,
+    ):
+        while pending or fetching or loading:
+            capacity = min(len(idle), 2 * workers - len(loading))
+            if not summary.windows:  # the first window runs alone
+                capacity = 0 if loading else min(capacity, 1)
             while pending and capacity > 0 and not ending:
                 capacity -= 1
                 if _must_end(job, summary):
                     ending = True
                     break
-                window, worker = pending.pop(0), idle_jobs.pop()
-                future = pool.submit(sync_window, engine, worker, window, summary.run_id, chain)
-                running[future] = (window, worker)
-            if not running:
+                window, slot, stream = pending.pop(0), idle.pop(), prefetch.PageStream()
+                fetching[fetchers.submit(prefetch.fill, stream, slot, window)] = slot
+                load = loaders.submit(_load, engine, job, window, summary.run_id, chain, stream)
+                loading[load] = window
+            if not fetching and not loading:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            futures: list[Future[Any]] = [*fetching, *loading]
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in finished:
-                window, worker = running.pop(future)
-                idle_jobs.append(worker)
+                if future in fetching:
+                    idle.append(fetching.pop(future))
+                    future.result()  # fetch errors reach the loader; this raises only bugs
+                    continue
+                window = loading.pop(future)
                 if not _account(engine, job, future, window, summary, watermark, on_window):
                     ending = True
-    for worker in idle_jobs[1:]:
-        worker.client.close()
+    for slot in idle:
+        if slot is not job:
+            slot.client.close()
     return summary
+
+
+def _load(
+    engine: Engine,
+    job: Job,
+    window: Window,
+    run_id: int,
+    chain: WatermarkChain | None,
+    stream: prefetch.PageStream,
+) -> Counts:
+    """A loader thread's work: the window's transaction, fed by its fetch slot."""
+    try:
+        return sync_window(engine, job, window, run_id, chain, stream)
+    finally:
+        stream.close()  # whatever happened, the fetcher must not wait for this loader
 
 
 def _must_end(job: Job, summary: RunSummary) -> bool:

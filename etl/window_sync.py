@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -94,15 +94,7 @@ def normalise_page(
         try:
             rows.append(normalizer.normalize(record))
         except InvalidRecordError as exc:
-            i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
-            rejects.append(
-                load.Reject(
-                    api_login=api_login,
-                    i_cdr=None if i_cdr is None else _printable(str(i_cdr))[:100],
-                    reason=_printable(exc.reason),
-                    raw=json.dumps(record, ensure_ascii=True, default=str),
-                )
-            )
+            rejects.append(make_reject(api_login, record, exc.reason))
     return rows, rejects
 
 
@@ -133,26 +125,50 @@ def fetch_page(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
         raise (exc if exc.where else exc.located(where)) from None
 
 
-def load_window(conn: psycopg.Connection[Any], job: Job, window: Window, run_id: int) -> Counts:
-    """Fetch, normalise and stage every page of ``window``, then merge; no commit here."""
+@dataclass(frozen=True)
+class FetchedPage:
+    """One page, fetched and normalised: what the window's transaction stages."""
+
+    rows_fetched: int
+    copy_text: str  # COPY text lines of ROW_COLUMNS (Normalizer.normalize_page)
+    rejects: list[load.Reject]
+
+
+def fetch_window(job: Job, window: Window) -> Iterator[FetchedPage]:
+    """Every page of ``window``, fetched (paced, retried, loop-guarded) and normalised, the
+    final empty page included. Touches no database: it runs ahead of the loader (etl.prefetch).
+    """
     settings = job.settings
     normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
     paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
-    counts = Counts()
-    load.open_stage(conn)
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
             paginator.advance(distinct_count(page.records), page_digest(page.body))
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
-        job.check_stop(f"account {job.api_login}, window {window}")
         normalized = normalizer.normalize_page(page.records)  # COPY text; PostgreSQL casts
-        load.stage_text(conn, normalized.copy_text)
         rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
-        counts.rows_fetched += len(page.records)
-        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
-    counts.pages = paginator.pages
+        yield FetchedPage(len(page.records), normalized.copy_text, rejects)
+
+
+def load_window(
+    conn: psycopg.Connection[Any],
+    job: Job,
+    window: Window,
+    run_id: int,
+    pages: Iterable[FetchedPage] | None = None,
+) -> Counts:
+    """Stage every page of ``window`` (fetched here, or handed over by a fetch-ahead thread
+    as ``pages``), then merge; no commit here."""
+    counts = Counts()
+    load.open_stage(conn)
+    for page in fetch_window(job, window) if pages is None else pages:
+        job.check_stop(f"account {job.api_login}, window {window}")
+        load.stage_text(conn, page.copy_text)
+        counts.pages += 1
+        counts.rows_fetched += page.rows_fetched
+        counts.rejected += load.save_rejects(conn, page.rejects, run_id, (window.start, window.end))
     merged = load.merge(conn, run_id)
     counts.inserted, counts.updated = merged.inserted, merged.updated
     counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
@@ -175,8 +191,10 @@ def sync_window(
     window: Window,
     run_id: int,
     hook: CommitHook | None = None,
+    pages: Iterable[FetchedPage] | None = None,
 ) -> Counts:
-    """Load one window in one transaction with its ledger row (and the hook's work)."""
+    """Load one window in one transaction with its ledger row (and the hook's work); ``pages``
+    as for ``load_window``."""
     started = time.monotonic()
     where = f"account {job.api_login}, window {window}"
     committed = False
@@ -184,7 +202,7 @@ def sync_window(
         with database_errors(where), engine.begin() as sa_conn:
             conn = sa_conn.connection.driver_connection
             assert isinstance(conn, psycopg.Connection)
-            counts = load_window(conn, job, window, run_id)
+            counts = load_window(conn, job, window, run_id, pages)
             duration = time.monotonic() - started
             state.record_window(
                 conn, run_id, job.api_login, job.prefix, window, "done", counts, duration

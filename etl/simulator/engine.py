@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,9 @@ class Engine:
         self._faults_injected = 0
         self._rows_served = 0
         self._cpu_seconds = 0.0
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._date_froms: Counter[str] = Counter()
 
     # --- request handling -------------------------------------------------------------
 
@@ -65,11 +69,14 @@ class Engine:
         """Count one HTTP request (called as it arrives)."""
         with self.lock:
             self._requests += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def add_cpu(self, seconds: float) -> None:
-        """Add the CPU time a handler thread spent on one request."""
+    def request_done(self, cpu_seconds: float) -> None:
+        """One request answered: add the CPU time its handler thread spent on it."""
         with self.lock:
-            self._cpu_seconds += seconds
+            self._in_flight -= 1
+            self._cpu_seconds += cpu_seconds
 
     def answer(self, params: Mapping[str, str]) -> Reply:
         """The reply to one call-history request, faults included."""
@@ -91,6 +98,8 @@ class Engine:
         query = parse_query(login, params)
         if isinstance(query, str):
             return error_reply(query)
+        with self.lock:
+            self._date_froms[params.get("date_from", "")] += 1
         limit = query.pager
         if self.config.max_page_size is not None:
             limit = min(limit, self.config.max_page_size)
@@ -153,7 +162,13 @@ class Engine:
                 "faults_injected": self._faults_injected,
                 "rows_served": self._rows_served,
                 "cpu_seconds": self._cpu_seconds,
+                "max_in_flight": self._max_in_flight,
             }
+
+    def date_froms(self) -> Counter[str]:
+        """How many valid requests asked for each ``date_from`` (as sent)."""
+        with self.lock:
+            return Counter(self._date_froms)
 
     @property
     def requests(self) -> int:

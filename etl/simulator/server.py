@@ -8,6 +8,7 @@ import struct
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -90,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(reply)
         finally:
-            engine.add_cpu(time.thread_time() - started)
+            engine.request_done(time.thread_time() - started)
 
     def _reply(self, engine: Engine) -> Reply:
         parts = urlsplit(self.path)
@@ -257,5 +258,10 @@ class Simulator:
         return self._engine.requests
 
     def stats(self) -> dict[str, float]:
-        """``requests``, ``faults_injected``, ``rows_served`` and handler ``cpu_seconds``."""
+        """``requests``, ``faults_injected``, ``rows_served``, handler ``cpu_seconds`` and
+        ``max_in_flight`` (the most requests being answered at once)."""
         return self._engine.stats()
+
+    def date_froms(self) -> Counter[str]:
+        """How many valid requests asked for each ``date_from`` (as the client sent it)."""
+        return self._engine.date_froms()

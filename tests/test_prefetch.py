@@ -1,0 +1,138 @@
+"""Fetch-ahead: pages are fetched while the window's transaction stages, merges and commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from etl import pipeline, prefetch
+from etl.errors import ApiError
+from etl.simulator import Simulator, SimulatorConfig
+from etl.state import Counts
+from etl.window_sync import FetchedPage
+from etl.windows import Window, plan_windows
+from tests.conftest import make_job, make_settings, sim_range, table_rows
+
+
+def _page(n: int) -> FetchedPage:
+    return FetchedPage(rows_fetched=n, copy_text="", rejects=[])
+
+
+def _setup(record: dict[str, Any]) -> datetime:
+    return datetime.strptime(record["setup_time"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+def _blocked(target: threading.Thread) -> bool:
+    """Whether ``target`` is still waiting a moment after it started."""
+    target.join(timeout=0.3)
+    return target.is_alive()
+
+
+def test_stream_holds_at_most_depth_pages_then_hands_them_over_in_order() -> None:
+    stream = prefetch.PageStream(depth=2)
+    stream.put(_page(1))
+    stream.put(_page(2))
+    third = threading.Thread(target=stream.put, args=(_page(3),))
+    third.start()
+    assert _blocked(third), "a third page waits until the loader takes one"
+    pages = iter(stream)
+    assert next(pages).rows_fetched == 1
+    third.join(timeout=10)
+    assert not third.is_alive()
+    stream.finish()
+    assert [page.rows_fetched for page in pages] == [2, 3]
+
+
+def test_a_fetch_error_reaches_the_loader_after_the_pages_before_it() -> None:
+    stream = prefetch.PageStream()
+    error = ApiError("the API said no")
+    stream.put(_page(7))
+    stream.finish(error)
+    received = []
+    with pytest.raises(ApiError) as raised:
+        for page in stream:
+            received.append(page.rows_fetched)
+    assert received == [7] and raised.value is error
+
+
+def test_a_loader_that_goes_away_releases_its_fetcher() -> None:
+    stream = prefetch.PageStream(depth=1)
+    stream.put(_page(1))
+    outcome: list[str] = []
+
+    def fetcher() -> None:
+        try:
+            stream.put(_page(2))
+            outcome.append("put")
+        except prefetch.StreamClosedError:
+            outcome.append("closed")
+
+    blocked = threading.Thread(target=fetcher)
+    blocked.start()
+    assert _blocked(blocked)
+    stream.close()
+    blocked.join(timeout=10)
+    assert outcome == ["closed"]
+
+
+def test_a_slot_fetches_its_next_window_while_the_previous_one_waits_to_merge(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """One worker, three windows. Once the first window commits, a session takes a SHARE lock
+    on ``cdr``, so the second window's merge waits. The third window's pages are fetched all
+    the same (fetch-ahead), and everything commits once the lock goes."""
+    start, _ = sim_range()
+    end = start + timedelta(days=3)
+    settings = replace(make_settings(sim), workers=1, window=timedelta(days=1))
+    job = make_job(settings)
+    w1, _w2, w3 = plan_windows(start, end, settings.window)
+    third = w3.api_params(settings.api_timezone)["date_from"]
+    blocker = psycopg.connect(database_url)
+    outcome: list[pipeline.RunSummary] = []
+
+    def on_window(window: Window, _counts: Counts | None) -> None:
+        if window == w1:
+            blocker.execute("LOCK TABLE cdr IN SHARE MODE")  # held until blocker commits
+
+    run = threading.Thread(
+        target=lambda: outcome.append(pipeline.backfill(engine, job, start, end, on_window))
+    )
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not sim.date_froms()[third] and time.monotonic() < deadline and run.is_alive():
+            time.sleep(0.05)
+        assert sim.date_froms()[third], "the third window was not fetched while the second waited"
+        assert table_rows(engine, "SELECT count(*) FROM sync_window WHERE status = 'done'") == [
+            (1,)
+        ], "only the first window has committed so far"
+    finally:
+        blocker.commit()
+        run.join(timeout=120)
+        blocker.close()
+    (summary,) = outcome
+    assert summary.ok and summary.windows == 3
+    in_range = [r for r in sim.records("buyer1") if _setup(r) >= start and _setup(r) <= end]
+    stored = [i for (i,) in table_rows(engine, "SELECT i_cdr FROM cdr ORDER BY i_cdr")]
+    assert stored == sorted(int(r["i_cdr"]) for r in in_range)
+
+
+def test_concurrent_requests_never_exceed_the_workers(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    with Simulator(replace(sim_config, latency=0.03)) as sim:
+        start, end = sim_range()
+        settings = replace(make_settings(sim), workers=3, window=timedelta(hours=12))
+        summary = pipeline.backfill(engine, make_job(settings), start, end)
+        in_flight = sim.stats()["max_in_flight"]
+        truth = sorted(int(r["i_cdr"]) for r in sim.records("buyer1"))
+    assert summary.ok and summary.windows == 20
+    assert 2 <= in_flight <= 3, f"{in_flight} requests at once with 3 workers"
+    assert [i for (i,) in table_rows(engine, "SELECT i_cdr FROM cdr ORDER BY i_cdr")] == truth
