@@ -10,10 +10,18 @@ Within one window's transaction:
 3. ``save_rejects`` stores records that failed normalisation (reason + raw payload);
 4. ``merge`` deduplicates by i_cdr (the last occurrence wins), records i_cdr whose call_id
    differs from the one already held as conflicts (not applied), and upserts the rest with one
-   ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE ... WHERE`` the stored values differ. Rows equal
-   to the stored ones are filtered out before the upsert (the payloads compared as text:
-   ``cdr.raw::text`` against the staged text), so a re-sync writes no row versions and takes
-   no row lock. A window whose rows are all new (the usual first sync) skips the comparison.
+   ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE ... WHERE`` the stored values differ and the
+   call_id is the same. Rows equal to the stored ones are filtered out before the upsert (the
+   payloads compared as text: ``cdr.raw::text`` against the staged text), so a re-sync writes
+   no row versions and takes no row lock. A window whose rows are all new (the usual first
+   sync) skips the comparison.
+   Windows merging at once (one transaction each) may stage the same i_cdr (windows share
+   their boundary second), unseen by each other's snapshot. The upsert then waits for the
+   other transaction and meets its committed row (READ COMMITTED): the call_id condition keeps
+   a row with another call_id from overwriting it. When the upsert wrote fewer rows than it
+   was given (rare: only after such a wait), a second statement, with a fresh snapshot,
+   records those of the skipped rows whose call_id differs from the stored one as conflicts;
+   the others were equal to the stored row (unchanged).
 Rejects and conflicts are idempotent (unique digests), so re-syncing never duplicates them.
 """
 
@@ -42,7 +50,9 @@ _STAGED_RAW = "coalesce(s.raw, s.raw_text::jsonb)"
 
 @dataclass(frozen=True)
 class MergeCounts:
-    """What one merge did."""
+    """What one merge did: the ``candidates`` (per i_cdr, the last staged row with the call_id
+    it keeps) were inserted, updated or unchanged; ``conflicts`` staged rows had another call_id
+    than the stored row and were kept aside (in ``cdr_conflict``)."""
 
     candidates: int
     inserted: int
@@ -128,6 +138,30 @@ def _columns(prefix: str = "", names: Sequence[str] = DATA_COLUMNS) -> str:
     return ", ".join(f"{prefix}{name}" for name in names)
 
 
+# A conflict's incoming payload: the staged row ``s`` as a ``cdr`` row (jsonb).
+_STAGED_PAYLOAD = (
+    "to_jsonb(s) - 'seq' - 'loaded_at' - 'updated_at' - 'raw_text'"
+    f" || jsonb_build_object('raw', {_STAGED_RAW})"
+)
+
+# CTEs recording conflicts, after an ``incoming`` CTE of (i_cdr, seq, api_login, kept_call_id,
+# incoming_call_id, payload): each distinct payload of an i_cdr once (its first staged row),
+# with the stored row; ``bad`` holds them all, already recorded or not.
+_RECORD_CONFLICTS = """bad AS (
+    SELECT DISTINCT ON (i.i_cdr, md5(i.payload::text))
+           i.i_cdr, i.api_login, i.kept_call_id, i.incoming_call_id,
+           to_jsonb(c) AS stored_payload, i.payload AS incoming_payload,
+           md5(i.payload::text) AS payload_digest
+    FROM incoming i LEFT JOIN cdr c ON c.i_cdr = i.i_cdr
+    ORDER BY i.i_cdr, md5(i.payload::text), i.seq
+), saved AS (
+    INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id, incoming_call_id,
+                              stored_payload, incoming_payload, payload_digest, run_id)
+    SELECT i_cdr, api_login, kept_call_id, incoming_call_id,
+           stored_payload, incoming_payload, payload_digest, %(run_id)s FROM bad
+    ON CONFLICT (i_cdr, payload_digest) DO NOTHING
+)"""
+
 # One statement (one snapshot). Two ways through it, chosen inside it:
 # - append: every staged i_cdr is staged once and none is stored (one index range probe
 #   says so): the usual first sync of a window. The staged rows are inserted as they are.
@@ -138,7 +172,10 @@ def _columns(prefix: str = "", names: Sequence[str] = DATA_COLUMNS) -> str:
 #   kept_call_id: the call_id an i_cdr keeps: the stored one, else its first staged one;
 #   latest: per i_cdr, the last staged row carrying that call_id (the one applied);
 #   bad: staged rows with another call_id: conflicts, stored once per payload digest.
-# Either way the insert is an upsert, so rows another window commits meanwhile are merged.
+# Either way the insert is an upsert, so rows another window commits meanwhile are merged;
+# one of them with another call_id is left as it is (the DO UPDATE condition). The last column
+# lists the ``seq`` of the rows given to the upsert that it did not write (NULL when it wrote
+# them all, and then not computed): ``_LATE_CONFLICTS`` sorts them out.
 _MERGE = f"""
 WITH span AS MATERIALIZED (
     SELECT count(*) AS staged, count(DISTINCT i_cdr) AS keys, min(i_cdr) AS lo, max(i_cdr) AS hi
@@ -167,25 +204,11 @@ WITH span AS MATERIALIZED (
     ORDER BY i_cdr, seq DESC
 ), incoming AS (
     SELECT k.i_cdr, k.seq, s.api_login, k.kept_call_id, k.call_id AS incoming_call_id,
-           to_jsonb(s) - 'seq' - 'loaded_at' - 'updated_at' - 'raw_text'
-               || jsonb_build_object('raw', {_STAGED_RAW}) AS payload
+           {_STAGED_PAYLOAD} AS payload
     FROM keyed k JOIN {STAGE} s ON s.seq = k.seq
     WHERE k.call_id IS DISTINCT FROM k.kept_call_id
       AND EXISTS (SELECT FROM keyed WHERE call_id IS DISTINCT FROM kept_call_id)
-), bad AS (
-    SELECT DISTINCT ON (i.i_cdr, md5(i.payload::text))
-           i.i_cdr, i.api_login, i.kept_call_id, i.incoming_call_id,
-           to_jsonb(c) AS stored_payload, i.payload AS incoming_payload,
-           md5(i.payload::text) AS payload_digest
-    FROM incoming i LEFT JOIN cdr c ON c.i_cdr = i.i_cdr
-    ORDER BY i.i_cdr, md5(i.payload::text), i.seq
-), saved AS (
-    INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id, incoming_call_id,
-                              stored_payload, incoming_payload, payload_digest, run_id)
-    SELECT i_cdr, api_login, kept_call_id, incoming_call_id,
-           stored_payload, incoming_payload, payload_digest, %(run_id)s FROM bad
-    ON CONFLICT (i_cdr, payload_digest) DO NOTHING
-), upserted AS (
+), {_RECORD_CONFLICTS}, upserted AS (
     INSERT INTO cdr ({_columns()})
     SELECT {_columns("s.", _TYPED)}, {_STAGED_RAW} FROM latest l JOIN {STAGE} s ON s.seq = l.seq
     WHERE NOT l.unchanged
@@ -195,13 +218,39 @@ WITH span AS MATERIALIZED (
         {", ".join(f"{name} = EXCLUDED.{name}" for name in DATA_COLUMNS if name != "i_cdr")},
         updated_at = now()
     WHERE ({_columns("cdr.", _COMPARED)}) IS DISTINCT FROM ({_columns("EXCLUDED.", _COMPARED)})
-    RETURNING (xmax = 0) AS inserted
+      AND cdr.call_id IS NOT DISTINCT FROM EXCLUDED.call_id
+    RETURNING i_cdr, (xmax = 0) AS inserted
+), tally AS (
+    SELECT l.keys + a.appended AS candidates, l.changed + a.appended AS attempted
+    FROM (SELECT count(*) AS keys, count(*) FILTER (WHERE NOT unchanged) AS changed
+          FROM latest) l,
+         (SELECT CASE WHEN yes THEN staged ELSE 0 END AS appended FROM append) a
+), written AS (
+    SELECT count(*) FILTER (WHERE inserted) AS inserted,
+           count(*) FILTER (WHERE NOT inserted) AS updated
+    FROM upserted
 )
-SELECT (SELECT count(*) FROM latest) + (SELECT CASE WHEN yes THEN staged ELSE 0 END FROM append),
-       (SELECT count(*) FROM bad),
-       count(*) FILTER (WHERE inserted),
-       count(*) FILTER (WHERE NOT inserted)
-FROM upserted
+SELECT t.candidates, (SELECT count(*) FROM bad), w.inserted, w.updated,
+       CASE WHEN t.attempted > w.inserted + w.updated THEN ARRAY(
+           SELECT s.seq FROM {STAGE} s
+           WHERE ((SELECT yes FROM append) OR s.seq IN (SELECT seq FROM latest WHERE NOT unchanged))
+             AND NOT EXISTS (SELECT FROM upserted u WHERE u.i_cdr = s.i_cdr)
+       ) END
+FROM tally t, written w
+"""
+
+# The rows the upsert skipped (``%(skipped)s``: one per i_cdr, the one ``latest`` picked) met a
+# row committed by another transaction after the merge's snapshot; this statement's snapshot
+# sees it. Those with another call_id are conflicts (recorded as ``_MERGE`` records them); the
+# others were equal to it.
+_LATE_CONFLICTS = f"""
+WITH incoming AS (
+    SELECT s.i_cdr, s.seq, s.api_login, c.call_id AS kept_call_id, s.call_id AS incoming_call_id,
+           {_STAGED_PAYLOAD} AS payload
+    FROM {STAGE} s JOIN cdr c ON c.i_cdr = s.i_cdr
+    WHERE s.seq = ANY(%(skipped)s::bigint[]) AND s.call_id IS DISTINCT FROM c.call_id
+), {_RECORD_CONFLICTS}
+SELECT count(*) FROM bad
 """
 
 
@@ -210,14 +259,21 @@ def merge(conn: psycopg.Connection[Any], run_id: int) -> MergeCounts:
     with conn.cursor() as cur:
         cur.execute(_MERGE, {"run_id": run_id})
         row = cur.fetchone()
-    assert row is not None
-    candidates, conflicts, inserted, updated = (int(value) for value in row)
+        assert row is not None
+        candidates, conflicts, inserted, updated = (int(value) for value in row[:4])
+        skipped: list[int] | None = row[4]
+        late = 0
+        if skipped:
+            cur.execute(_LATE_CONFLICTS, {"run_id": run_id, "skipped": skipped})
+            late_row = cur.fetchone()
+            assert late_row is not None
+            late = int(late_row[0])
     return MergeCounts(
-        candidates=candidates,
+        candidates=candidates - late,
         inserted=inserted,
         updated=updated,
-        unchanged=candidates - inserted - updated,
-        conflicts=conflicts,
+        unchanged=candidates - late - inserted - updated,
+        conflicts=conflicts + late,
     )
 
 
