@@ -16,15 +16,9 @@ each (median of ``--repeat`` runs after one warm-up), prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
-import shutil
-import socket
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,18 +27,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import common
 import orjson
 import psycopg
 from psycopg import sql
-from sqlalchemy.engine import make_url
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-
-from etl import db, reporting  # noqa: E402  (the repository root must be importable first)
-from etl.normalize import FIELD_KINDS, ROW_COLUMNS, Normalizer  # noqa: E402
-from etl.simulator.data import CdrTable, generate, make_profile  # noqa: E402
+from etl import db, reporting
+from etl.normalize import FIELD_KINDS, ROW_COLUMNS, Normalizer
+from etl.simulator.data import CdrTable, generate, make_profile
 
 END = datetime(2026, 9, 30, 23, 50)  # naive UTC: "this month" of the data is September 2026
 ACCOUNTS = (("bench1", 1, 0.6), ("bench2", 2, 0.4))  # login, i_cdr bucket, share of rows
@@ -53,35 +43,16 @@ SAMPLE = 500  # rows checked against etl.normalize
 _CASTS = {"bigint": "bigint", "count": "integer", "decimal": "numeric"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
-def database(workdir: Path) -> Iterator[str]:
+def database() -> Iterator[str]:
     """The URL of an empty database: on our embedded server, or on DATABASE_URL's server."""
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        server_url = db.libpq_url(configured)
-    else:
-        from etl.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(workdir / "pgdata", free_port(), fsync=False)
-        server.start()
-        server_url = server.url
-    try:
-        with psycopg.connect(server_url, autocommit=True, dbname="postgres") as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-            admin.execute(f"CREATE DATABASE {DATABASE}")
-        yield make_url(server_url).set(database=DATABASE).render_as_string(False)
-    finally:
-        if configured:
-            with psycopg.connect(server_url, autocommit=True, dbname="postgres") as admin:
-                admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        else:
-            server.stop()
+    with common.postgres("tcxc-query-bench-") as (server_url, _data_dir):
+        url = common.create_database(server_url, DATABASE)
+        try:
+            yield url
+        finally:
+            if os.environ.get("DATABASE_URL"):  # that server outlives us: leave it clean
+                common.drop_database(server_url, DATABASE)
 
 
 def _cast(name: str, key: str) -> str:
@@ -241,7 +212,7 @@ def run_queries(conn: psycopg.Connection[Any], repeat: int) -> list[dict[str, An
     """EXPLAIN (ANALYZE, BUFFERS) and time each documented query, then time it again without
     each index its plan reads: the evidence that the index earns its keep."""
     results = []
-    for query in reporting.documented_queries((ROOT / "docs" / "queries.md").read_text()):
+    for query in reporting.documented_queries((common.ROOT / "docs" / "queries.md").read_text()):
         plan = [line[0] for line in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query.sql}")]
         conn.execute(query.sql).fetchall()  # warm-up
         times = timed(conn, query.sql, repeat)
@@ -259,24 +230,6 @@ def run_queries(conn: psycopg.Connection[Any], repeat: int) -> list[dict[str, An
             }
         )
     return results
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as info:
-        memory_kb = int(info.readline().split()[1])
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gb": round(memory_kb / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def report(payload: dict[str, Any]) -> None:
@@ -312,7 +265,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per query (median)")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "queries.json")
+    parser.add_argument("--output", type=Path, default=common.HERE / "results" / "queries.json")
     return parser.parse_args()
 
 
@@ -333,27 +286,13 @@ def benchmark(options: argparse.Namespace, url: str) -> dict[str, Any]:
 
 def main() -> None:
     options = parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="tcxc-query-bench-"))
     started = time.time()
-    try:
-        with database(workdir) as url:
-            results = benchmark(options, url)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    payload = {
-        "command": "python bench/query_bench.py " + " ".join(sys.argv[1:]),
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 1),
-        "settings": {"rows": options.rows, "days": options.days, "end": END.isoformat()},
-        "repeat": options.repeat,
-        "machine": machine(),
-        "database": "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded, fsync off",
-        **results,
-    }
+    with database() as url:
+        results = benchmark(options, url)
+    settings = {"rows": options.rows, "days": options.days, "end": END.isoformat()}
+    payload = common.result_payload(started, settings, repeat=options.repeat, **results)
     report(payload)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"\nwritten to {options.output}")
+    common.write_results(payload, options.output)
 
 
 if __name__ == "__main__":

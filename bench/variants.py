@@ -13,14 +13,11 @@ database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. 
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -129,68 +126,13 @@ def naive_upsert(args: dict[str, Any]) -> int:
     return rows
 
 
-def _reject(record: Any, reason: str, api_login: str) -> Any:
-    from etl import load
-
-    i_cdr = record.get("i_cdr") if isinstance(record, dict) else None
-    return load.Reject(
-        api_login=api_login,
-        i_cdr=None if i_cdr is None else str(i_cdr)[:100],
-        reason=reason,
-        raw=json.dumps(record, ensure_ascii=True, default=str),
-    )
-
-
-def fast_load_window(conn: Any, job: Any, window: Window, run_id: int) -> Any:
-    """The pipeline's ``load_window`` calling the page-level load path (the change asked of
-    the pipeline); used only while ``load_window`` still normalises record by record."""
-    from etl import load
-    from etl.errors import ApiError
-    from etl.pagination import OffsetPaginator, distinct_count, page_digest
-    from etl.state import Counts
-
-    module = _window_module()
-    fetch = getattr(module, "fetch_page", None) or module._fetch  # renamed upstream
-    settings = job.settings
-    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
-    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
-    counts = Counts()
-    load.open_stage(conn)
-    while not paginator.done:
-        page = fetch(job, window, paginator)
-        try:
-            paginator.advance(distinct_count(page.records), page_digest(page.body))
-        except ApiError as exc:
-            raise exc.located(f"account {job.api_login}, window {window}") from None
-        job.check_stop(f"account {job.api_login}, window {window}")
-        normalized = normalizer.normalize_page(page.records)
-        load.stage_text(conn, normalized.copy_text)
-        counts.rows_fetched += len(page.records)
-        rejects = [_reject(record, why, job.api_login) for record, why in normalized.rejects]
-        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
-    counts.pages = paginator.pages
-    merged = load.merge(conn, run_id)
-    counts.inserted, counts.updated = merged.inserted, merged.updated
-    counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
-    return counts
-
-
-def _window_module() -> Any:
-    """The module that defines (and calls) ``load_window``."""
-    return importlib.import_module(pipeline.load_window.__module__)
-
-
 INFO: dict[str, Any] = {}  # what a variant wants reported besides its timings
 
 
 def tcxc_etl(args: dict[str, Any]) -> int:
     """tcxc-etl's own backfill of the range."""
-    module = _window_module()
-    if "normalize_page" in inspect.getsource(module.load_window):
-        INFO["load_path"] = f"{module.__name__}.load_window"
-    else:  # the pipeline has not switched to the page path yet: run its window loop with it
-        module.load_window = fast_load_window
-        INFO["load_path"] = "bench/variants.py:fast_load_window (the page path)"
+    INFO["load_path"] = "etl.window_sync.load_window"
+    workers = {"workers": args["workers"]} if args.get("workers") else {}  # else its default
     settings = Settings(
         api_url=args["sim_url"],
         api_login=args["login"],
@@ -199,17 +141,14 @@ def tcxc_etl(args: dict[str, Any]) -> int:
         page_size=args["page_size"],
         window=timedelta(seconds=args["window_seconds"]),
         raw_payload=args.get("raw_payload", "full"),
+        **workers,
     )
-    if args.get("workers") and hasattr(settings, "workers"):
-        settings = replace(settings, workers=args["workers"])
-    INFO["workers"] = getattr(settings, "workers", 1)
+    INFO["workers"] = settings.workers
     engine = db.make_engine(args["db_url"])
     job = pipeline.Job(client=_client(args), settings=settings, retry=RetryPolicy(attempts=1))
     start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
-    options = {}
-    if "resume" in inspect.signature(pipeline.backfill).parameters:
-        options["resume"] = False  # a re-sync must really sync again, not skip done windows
-    summary = pipeline.backfill(engine, job, start, end, **options)
+    # resume=False: a re-sync must really sync again, not skip the windows already done.
+    summary = pipeline.backfill(engine, job, start, end, resume=False)
     engine.dispose()
     if not summary.ok:
         raise SystemExit(f"backfill failed: {summary.failures}")

@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,6 +176,27 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TCXC_", "DATABASE_URL"))}
     no_pacing = {"TCXC_REQUESTS_PER_SECOND": "0"}  # the simulator has no limits to respect
     return {**base, **no_pacing, **(extra or {})}
+
+
+def sim_env(
+    sim: Simulator,
+    database_url: str,
+    defaults: Mapping[str, str] | None = None,
+    *,
+    key: str = "key-one",
+    **extra: str,
+) -> dict[str, str]:
+    """The TCXC settings a CLI process needs to sync from the simulator (login buyer1, ``key``)
+    into ``database_url``, then a test file's ``defaults``, then ``extra`` (the later wins):
+    the ``env`` of ``run_cli`` and ``start_cli``."""
+    return {
+        "TCXC_API_URL": sim.url,
+        "TCXC_API_LOGIN": "buyer1",
+        "TCXC_API_KEY": key,
+        "DATABASE_URL": database_url,
+        **(defaults or {}),
+        **extra,
+    }
 
 
 def run_cli(

@@ -10,17 +10,9 @@ import pytest
 
 from etl.cli import cli
 from etl.simulator import Simulator
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, sim_env
 
-
-def _env(sim: Simulator, database_url: str, key: str = "key-one") -> dict[str, str]:
-    return {
-        "TCXC_API_URL": sim.url,
-        "TCXC_API_LOGIN": "buyer1",
-        "TCXC_API_KEY": key,
-        "DATABASE_URL": database_url,
-        "TCXC_PAGE_SIZE": "500",
-    }
+CLI_ENV = {"TCXC_PAGE_SIZE": "500"}  # this file's settings on top of sim_env's
 
 
 def _count(database_url: str) -> int:
@@ -32,9 +24,8 @@ def _count(database_url: str) -> int:
 
 def test_backfill_prints_a_summary(sim: Simulator, database_url: str) -> None:
     """`backfill` exits 0 and prints windows, pages and row counts."""
-    result = run_cli(
-        "backfill", "--from", "2026-09-21", "--to", "2026-10-01", env=_env(sim, database_url)
-    )
+    env = sim_env(sim, database_url, CLI_ENV)
+    result = run_cli("backfill", "--from", "2026-09-21", "--to", "2026-10-01", env=env)
     assert result.returncode == 0, result.stderr
     expected = len({r["i_cdr"] for r in sim.records("buyer1")})
     assert f"inserted {expected}, updated 0" in result.stdout
@@ -44,7 +35,7 @@ def test_backfill_prints_a_summary(sim: Simulator, database_url: str) -> None:
 
 def test_wrong_key_exits_1_with_one_line_and_no_cdr(sim: Simulator, database_url: str) -> None:
     """A wrong key: exit 1, one stderr line naming the auth problem, no CDR, no secret."""
-    env = _env(sim, database_url, key="not-the-key-XYZ")
+    env = sim_env(sim, database_url, CLI_ENV, key="not-the-key-XYZ")
     result = run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", env=env)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("tcxc-etl: error")]
@@ -136,7 +127,7 @@ def test_module_runs_with_help(tmp_path: Path) -> None:
 
 def test_rebuild_rollup_command(sim: Simulator, database_url: str) -> None:
     """`rebuild-rollup` recomputes the rollup from cdr (a wiped rollup comes back)."""
-    env = _env(sim, database_url)
+    env = sim_env(sim, database_url, CLI_ENV)
     assert (
         run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", env=env).returncode == 0
     )

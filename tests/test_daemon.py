@@ -14,19 +14,10 @@ import pytest
 import requests
 
 from etl.simulator import Simulator, SimulatorConfig
-from tests.conftest import free_port, run_cli, start_cli
+from tests.conftest import free_port, run_cli, sim_env, start_cli
 
-
-def _env(sim: Simulator, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "TCXC_API_URL": sim.url,
-        "TCXC_API_LOGIN": "buyer1",
-        "TCXC_API_KEY": "key-one",
-        "DATABASE_URL": database_url,
-        "TCXC_START_DATE": "2026-09-21",
-        "TCXC_WINDOW": "1d",
-        **extra,
-    }
+# This file's CLI settings, on top of sim_env's.
+DAEMON_ENV = {"TCXC_START_DATE": "2026-09-21", "TCXC_WINDOW": "1d"}
 
 
 def _query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -60,7 +51,7 @@ def slow_sim(sim_config: SimulatorConfig) -> Iterator[Simulator]:
 
 def test_two_sync_processes_load_everything_once(sim: Simulator, database_url: str) -> None:
     """Two `sync` processes started together: both exit 0 and every CDR is loaded once."""
-    env = _env(sim, database_url, TCXC_WINDOW="7d")
+    env = sim_env(sim, database_url, DAEMON_ENV, TCXC_WINDOW="7d")
     first, second = start_cli("sync", env=env), start_cli("sync", env=env)
     outputs = [proc.communicate(timeout=120) for proc in (first, second)]
     assert first.returncode == 0, outputs[0][1]
@@ -74,7 +65,7 @@ def test_backfill_killed_halfway_resumes_without_refetching(
     slow_sim: Simulator, database_url: str
 ) -> None:
     """SIGKILL mid-backfill, run it again: finished windows are skipped, the watermark untouched."""
-    env = _env(slow_sim, database_url, TCXC_PAGE_SIZE="100")
+    env = sim_env(slow_sim, database_url, DAEMON_ENV, TCXC_PAGE_SIZE="100")
     args = ("backfill", "--from", "2026-09-21", "--to", "2026-10-01")
     proc = start_cli(*args, env=env)
     _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 3)
@@ -109,7 +100,7 @@ def test_dry_run_fetches_nothing(sim: Simulator, database_url: str) -> None:
         "--to",
         "2026-09-24",
         "--dry-run",
-        env=_env(sim, database_url),
+        env=sim_env(sim, database_url, DAEMON_ENV),
     )
     assert result.returncode == 0, result.stderr
     assert "3 window(s)" in result.stdout and result.stdout.count("todo") == 3
@@ -119,7 +110,9 @@ def test_dry_run_fetches_nothing(sim: Simulator, database_url: str) -> None:
 def test_sigterm_stops_the_daemon_cleanly(slow_sim: Simulator, database_url: str) -> None:
     """SIGTERM mid-pass: exit 0 within the bound, and state stays consistent."""
     port = free_port()
-    env = _env(slow_sim, database_url, TCXC_PAGE_SIZE="100", TCXC_METRICS_PORT=str(port))
+    env = sim_env(
+        slow_sim, database_url, DAEMON_ENV, TCXC_PAGE_SIZE="100", TCXC_METRICS_PORT=str(port)
+    )
     proc = start_cli("daemon", env=env)
     _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 2)
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -141,7 +134,7 @@ def test_sigterm_stops_the_daemon_cleanly(slow_sim: Simulator, database_url: str
 
 def test_status_reports_and_exits_1_when_lagging(sim: Simulator, database_url: str) -> None:
     """`status --json` shows the watermark and rows; a tight lag threshold gives exit code 1."""
-    env = _env(sim, database_url, TCXC_WINDOW="7d")
+    env = sim_env(sim, database_url, DAEMON_ENV, TCXC_WINDOW="7d")
     assert run_cli("sync", env=env).returncode == 0
     ok = run_cli("status", "--json", env=env)
     assert ok.returncode == 0, ok.stderr
@@ -156,8 +149,13 @@ def test_status_reports_and_exits_1_when_lagging(sim: Simulator, database_url: s
 def test_health_fails_when_lagging(sim: Simulator, database_url: str) -> None:
     """/healthz answers 503 naming the account when its lag passes the threshold."""
     port = free_port()
-    env = _env(
-        sim, database_url, TCXC_METRICS_PORT=str(port), TCXC_LAG_ALERT="1s", TCXC_WINDOW="7d"
+    env = sim_env(
+        sim,
+        database_url,
+        DAEMON_ENV,
+        TCXC_METRICS_PORT=str(port),
+        TCXC_LAG_ALERT="1s",
+        TCXC_WINDOW="7d",
     )
     proc = start_cli("daemon", env=env)
     try:

@@ -30,7 +30,15 @@ from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.retry import RetryPolicy
 from etl.signing import compute_signature
 from etl.simulator import FAULT_KINDS, Simulator, SimulatorConfig
-from tests.conftest import free_port, make_job, make_settings, run_cli, sim_range, start_cli
+from tests.conftest import (
+    free_port,
+    make_job,
+    make_settings,
+    run_cli,
+    sim_env,
+    sim_range,
+    start_cli,
+)
 
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -48,18 +56,12 @@ def _recent_sim(cdrs: int, latency: float = 0.0) -> Simulator:
     )
 
 
-def _env(sim: Simulator, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "TCXC_API_URL": sim.url,
-        "TCXC_API_LOGIN": "buyer1",
-        "TCXC_API_KEY": "key-one",
-        "DATABASE_URL": database_url,
-        "TCXC_START_DATE": (TODAY - timedelta(days=3)).strftime("%Y-%m-%d"),
-        "TCXC_WINDOW": "3h",
-        "TCXC_PAGE_SIZE": "100",
-        "TCXC_DEEP_LOOKBACK": "5d",
-        **extra,
-    }
+RESILIENCE_ENV = {  # this file's settings on top of sim_env's
+    "TCXC_START_DATE": (TODAY - timedelta(days=3)).strftime("%Y-%m-%d"),
+    "TCXC_WINDOW": "3h",
+    "TCXC_PAGE_SIZE": "100",
+    "TCXC_DEEP_LOOKBACK": "5d",
+}
 
 
 def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -112,7 +114,7 @@ def test_sigkill_at_random_moments_converges_exactly(database_url: str) -> None:
     lands in real work (mid-fetch, mid-COPY, mid-merge or mid-commit)."""
     rng = random.Random(20261125)
     with _recent_sim(6000, latency=0.01) as sim:
-        env = _env(sim, database_url, TCXC_LOOKBACK="4d")
+        env = sim_env(sim, database_url, RESILIENCE_ENV, TCXC_LOOKBACK="4d")
         kills = attempts = 0
         while kills < 20:
             attempts += 1
@@ -182,7 +184,7 @@ def test_database_restart_mid_run(own_server: EmbeddedPostgres) -> None:
     marked done, and the next pass converges."""
     url = own_server.url
     with _recent_sim(3000, latency=0.02) as sim:
-        env = _env(sim, url)
+        env = sim_env(sim, url, RESILIENCE_ENV)
         proc = start_cli("sync", env=env)
         deadline = time.monotonic() + 60
         while _query(url, "SELECT count(*) FROM sync_window WHERE status = 'done'")[0][0] < 2:
@@ -207,13 +209,7 @@ def test_secrets_never_leak(sim_config: SimulatorConfig, database_url: str, tmp_
     started = int(time.time()) - 5
     with Simulator(replace(sim_config, accounts={login: key})) as sim:
         sim.set_fault_rate(0.3, ["429", "500", "truncated", "html", "reset"], seed=3, retry_after=0)
-        env = {
-            "TCXC_API_URL": sim.url,
-            "TCXC_API_LOGIN": login,
-            "TCXC_API_KEY": key,
-            "DATABASE_URL": database_url,
-            "TCXC_PAGE_SIZE": "200",
-        }
+        env = sim_env(sim, database_url, key=key, TCXC_PAGE_SIZE="200")
         runs = [
             run_cli("--verbose", "backfill", "--from", "2026-09-21", "--to", "2026-09-24", env=env),
             run_cli(

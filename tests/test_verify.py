@@ -14,7 +14,7 @@ from etl.cli.ops import format_report
 from etl.config import Settings
 from etl.simulator import Simulator, SimulatorConfig
 from etl.verify import Example, verify_range
-from tests.conftest import make_job, make_settings, run_cli, table_rows, write_counters
+from tests.conftest import make_job, make_settings, run_cli, sim_env, table_rows, write_counters
 
 TABLES = ("cdr", "cdr_reject", "cdr_conflict", "sync_state", "sync_window", "etl_run")
 FAKE_I_CDR = 9_000_000_001
@@ -76,16 +76,6 @@ def _plant(engine: Engine) -> tuple[tuple[int, date], tuple[int, date], tuple[in
         i=FAKE_I_CDR,
     )
     return (gone, gone_day), (FAKE_I_CDR, date(2026, 9, 28)), (changed, changed_day)
-
-
-def _cli_env(sim: Simulator, database_url: str) -> dict[str, str]:
-    return {
-        "TCXC_API_URL": sim.url,
-        "TCXC_API_LOGIN": "buyer1",
-        "TCXC_API_KEY": "key-one",
-        "DATABASE_URL": database_url,
-        "TCXC_WINDOW": "1d",
-    }
 
 
 def test_clean_range_after_backfill(sim: Simulator, engine: Engine, database_url: str) -> None:
@@ -216,7 +206,7 @@ def test_verify_never_writes(sim: Simulator, engine: Engine, database_url: str) 
 def test_cli_exit_codes_and_json(sim: Simulator, engine: Engine, database_url: str) -> None:
     """`verify` exits 0 on a clean range, 1 naming the differences; --json lists them."""
     _backfill(sim, engine, database_url)
-    env = _cli_env(sim, database_url)
+    env = sim_env(sim, database_url, TCXC_WINDOW="1d")
     args = ("verify", "--from", "2026-09-27", "--to", "2026-09-30")
     clean = run_cli(*args, env=env)
     assert clean.returncode == 0, clean.stderr
