@@ -1,10 +1,11 @@
-"""Fetch-ahead: a window's pages are fetched and normalised by one thread while another stages
+"""Fetch-ahead: a window's pages are fetched by one thread while another normalises and stages
 them in the window's transaction, merges and commits.
 
 Under API latency a worker that fetched, staged and merged in turn would leave the API idle
-during every COPY and merge and the database idle during every request. Here each of the
-TCXC_WORKERS fetch slots (its own HTTP session) runs only requests and normalisation, and
-hands pages over through a ``PageStream`` that holds at most ``PREFETCH_PAGES`` pages: memory
+during every normalisation, COPY and merge, and the database idle during every request. Here
+each of the TCXC_WORKERS fetch slots (its own HTTP session) runs only the requests (and the
+JSON parsing the paging needs: the next offset counts the page's distinct i_cdr), and hands
+pages over through a ``PageStream`` that holds at most ``PREFETCH_PAGES`` pages: memory
 stays bounded whatever the window's size, and a slot moves on to its next window while the
 previous one merges and commits. The number of concurrent requests stays TCXC_WORKERS.
 
@@ -20,13 +21,13 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 
-from etl.window_sync import FetchedPage, Job, fetch_window
+from etl.window_sync import Job, Records, fetch_window
 from etl.windows import Window
 
-# Pages handed over but not yet staged, per window. Each holds a page's COPY text (about
-# 1.2 kB per row with the full raw payload), so two pages of 1,000 rows cost a few MB per
-# window in flight; more would not help: the fetcher is never more than a page behind.
-PREFETCH_PAGES = 2
+# Pages handed over but not yet taken by the loader, per window. A parsed page of 1,000
+# records holds about 2.7 MB; the loader takes each as soon as it has staged the previous one,
+# so one waiting page is enough to keep the fetcher from ever waiting on a loader that keeps up.
+PREFETCH_PAGES = 1
 
 
 class StreamClosedError(Exception):
@@ -38,14 +39,14 @@ class PageStream:
 
     def __init__(self, depth: int = PREFETCH_PAGES) -> None:
         self._depth = depth
-        self._pages: deque[FetchedPage] = deque()
+        self._pages: deque[Records] = deque()
         self._changed = threading.Condition()
         self._finished = False
         self._error: BaseException | None = None
         self._closed = False
 
     # The fetcher's side.
-    def put(self, page: FetchedPage) -> None:
+    def put(self, page: Records) -> None:
         """Hand a page over; waits while ``depth`` pages are waiting to be staged."""
         with self._changed:
             while len(self._pages) >= self._depth and not self._closed:
@@ -62,7 +63,7 @@ class PageStream:
             self._changed.notify_all()
 
     # The loader's side.
-    def __iter__(self) -> Iterator[FetchedPage]:
+    def __iter__(self) -> Iterator[Records]:
         while True:
             with self._changed:
                 while not self._pages and not self._finished:

@@ -125,31 +125,21 @@ def fetch_page(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
         raise (exc if exc.where else exc.located(where)) from None
 
 
-@dataclass(frozen=True)
-class FetchedPage:
-    """One page, fetched and normalised: what the window's transaction stages."""
-
-    rows_fetched: int
-    copy_text: str  # COPY text lines of ROW_COLUMNS (Normalizer.normalize_page)
-    rejects: list[load.Reject]
+Records = list[Any]  # one page's records, as parsed from the API's JSON
 
 
-def fetch_window(job: Job, window: Window) -> Iterator[FetchedPage]:
-    """Every page of ``window``, fetched (paced, retried, loop-guarded) and normalised, the
-    final empty page included. Touches no database: it runs ahead of the loader (etl.prefetch).
-    """
-    settings = job.settings
-    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
-    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+def fetch_window(job: Job, window: Window) -> Iterator[Records]:
+    """The records of every page of ``window``, the final empty page included: fetched
+    (paced, retried) and loop-guarded, not yet normalised. Touches no database: it runs ahead
+    of the loader (etl.prefetch)."""
+    paginator = OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
             paginator.advance(distinct_count(page.records), page_digest(page.body))
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
-        normalized = normalizer.normalize_page(page.records)  # COPY text; PostgreSQL casts
-        rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
-        yield FetchedPage(len(page.records), normalized.copy_text, rejects)
+        yield page.records
 
 
 def load_window(
@@ -157,18 +147,22 @@ def load_window(
     job: Job,
     window: Window,
     run_id: int,
-    pages: Iterable[FetchedPage] | None = None,
+    pages: Iterable[Records] | None = None,
 ) -> Counts:
-    """Stage every page of ``window`` (fetched here, or handed over by a fetch-ahead thread
-    as ``pages``), then merge; no commit here."""
+    """Normalise and stage every page of ``window`` (fetched here, or handed over by a
+    fetch-ahead thread as ``pages``), then merge; no commit here."""
+    settings = job.settings
+    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
     counts = Counts()
     load.open_stage(conn)
-    for page in fetch_window(job, window) if pages is None else pages:
+    for records in fetch_window(job, window) if pages is None else pages:
         job.check_stop(f"account {job.api_login}, window {window}")
-        load.stage_text(conn, page.copy_text)
+        normalized = normalizer.normalize_page(records)  # COPY text; PostgreSQL casts
+        load.stage_text(conn, normalized.copy_text)
+        rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
         counts.pages += 1
-        counts.rows_fetched += page.rows_fetched
-        counts.rejected += load.save_rejects(conn, page.rejects, run_id, (window.start, window.end))
+        counts.rows_fetched += len(records)
+        counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
     merged = load.merge(conn, run_id)
     counts.inserted, counts.updated = merged.inserted, merged.updated
     counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
@@ -191,7 +185,7 @@ def sync_window(
     window: Window,
     run_id: int,
     hook: CommitHook | None = None,
-    pages: Iterable[FetchedPage] | None = None,
+    pages: Iterable[Records] | None = None,
 ) -> Counts:
     """Load one window in one transaction with its ledger row (and the hook's work); ``pages``
     as for ``load_window``."""

@@ -16,13 +16,12 @@ from etl import pipeline, prefetch
 from etl.errors import ApiError
 from etl.simulator import Simulator, SimulatorConfig
 from etl.state import Counts
-from etl.window_sync import FetchedPage
 from etl.windows import Window, plan_windows
 from tests.conftest import make_job, make_settings, sim_range, table_rows
 
 
-def _page(n: int) -> FetchedPage:
-    return FetchedPage(rows_fetched=n, copy_text="", rejects=[])
+def _page(n: int) -> list[Any]:
+    return [{"i_cdr": str(n)}]
 
 
 def _setup(record: dict[str, Any]) -> datetime:
@@ -43,11 +42,11 @@ def test_stream_holds_at_most_depth_pages_then_hands_them_over_in_order() -> Non
     third.start()
     assert _blocked(third), "a third page waits until the loader takes one"
     pages = iter(stream)
-    assert next(pages).rows_fetched == 1
+    assert int(next(pages)[0]["i_cdr"]) == 1
     third.join(timeout=10)
     assert not third.is_alive()
     stream.finish()
-    assert [page.rows_fetched for page in pages] == [2, 3]
+    assert [int(page[0]["i_cdr"]) for page in pages] == [2, 3]
 
 
 def test_a_fetch_error_reaches_the_loader_after_the_pages_before_it() -> None:
@@ -58,7 +57,7 @@ def test_a_fetch_error_reaches_the_loader_after_the_pages_before_it() -> None:
     received = []
     with pytest.raises(ApiError) as raised:
         for page in stream:
-            received.append(page.rows_fetched)
+            received.append(int(page[0]["i_cdr"]))
     assert received == [7] and raised.value is error
 
 
