@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import psycopg
 
-from etl import db, pipeline
+from etl import db, memory, pipeline
 from etl.client import ApiClient, Page
 from etl.config import Secret, Settings
 from etl.normalize import API_KEYS, FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
@@ -130,7 +130,8 @@ INFO: dict[str, Any] = {}  # what a variant wants reported besides its timings
 
 
 def tcxc_etl(args: dict[str, Any]) -> int:
-    """tcxc-etl's own backfill of the range."""
+    """tcxc-etl's own backfill of the range (with the CLI's malloc settings)."""
+    INFO["malloc_tuned"] = memory.limit_heap_growth()
     INFO["load_path"] = "etl.window_sync.load_window"
     workers = {"workers": args["workers"]} if args.get("workers") else {}  # else its default
     settings = Settings(

@@ -21,7 +21,7 @@ from typing import NoReturn
 import click
 from sqlalchemy import Engine
 
-from etl import db, pipeline
+from etl import db, memory, pipeline
 from etl.budget import RequestBudget
 from etl.client import ApiClient
 from etl.config import Account, Settings, load_settings
@@ -141,6 +141,7 @@ def _fail(message: str, code: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, mapping errors to one line and an exit code."""
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    memory.limit_heap_growth()  # before any thread starts
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
