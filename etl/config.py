@@ -90,6 +90,7 @@ class Settings:
     metrics_port: int | None = None
     stop_timeout: timedelta = timedelta(seconds=60)
     workers: int = 2
+    parallel_accounts: int = 4
     requests_per_second: float = 10.0
     requests_per_hour: int = 20_000
 
@@ -248,6 +249,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_METRICS_PORT": ("metrics_port", _int_in(1024, 65535)),
     "TCXC_STOP_TIMEOUT": ("stop_timeout", parse_duration),
     "TCXC_WORKERS": ("workers", _int_in(1, 32)),
+    "TCXC_PARALLEL_ACCOUNTS": ("parallel_accounts", _int_in(1, 64)),
     "TCXC_REQUESTS_PER_SECOND": ("requests_per_second", _rate),
     "TCXC_REQUESTS_PER_HOUR": ("requests_per_hour", _int_in(0, 100_000_000)),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -109,17 +110,32 @@ def run_all(
     now: datetime | None = None,
     on_result: Callable[[PassResult], None] | None = None,
 ) -> list[PassResult]:
-    """A pass for every account; one account's failure does not stop the others."""
-    results = []
-    for job in jobs:
-        if job.stop.is_set():
-            break
-        try:
-            result = run_pass(engine, job, kind, now)
-        except EtlError as error:
-            log.error("pass failed account=%s pass=%s error=%s", job.api_login, kind, error)
-            result = PassResult(job.api_login, None, error=error)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
+    """A pass for every account, TCXC_PARALLEL_ACCOUNTS at a time; one account's failure does
+    not stop the others. Results come back in the order of ``jobs``; ``on_result`` is called
+    (in the caller's thread) as each account finishes."""
+    if not jobs:
+        return []
+    done: dict[int, PassResult] = {}
+    at_once = max(1, min(jobs[0].settings.parallel_accounts, len(jobs)))
+    with ThreadPoolExecutor(at_once, thread_name_prefix="account") as pool:
+        futures = {
+            pool.submit(_pass_or_error, engine, job, kind, now): n for n, job in enumerate(jobs)
+        }
+        for future in as_completed(futures):
+            result = future.result()
+            if result is None:
+                continue  # a stop was asked for before this account started
+            done[futures[future]] = result
+            if on_result is not None:
+                on_result(result)
+    return [done[n] for n in sorted(done)]
+
+
+def _pass_or_error(engine: Engine, job: Job, kind: str, now: datetime | None) -> PassResult | None:
+    if job.stop.is_set():
+        return None
+    try:
+        return run_pass(engine, job, kind, now)
+    except EtlError as error:
+        log.error("pass failed account=%s pass=%s error=%s", job.api_login, kind, error)
+        return PassResult(job.api_login, None, error=error)

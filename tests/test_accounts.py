@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
+from etl import passes
+from etl.client import ApiClient
 from etl.config import load_settings
 from etl.errors import ConfigError
 from etl.simulator import Simulator, SimulatorConfig
-from tests.conftest import run_cli
+from tests.conftest import make_job, make_settings, run_cli, sim_range, table_rows
 
 
 def test_accounts_come_from_env_vars_and_files(tmp_path: Path) -> None:
@@ -67,3 +71,32 @@ def test_sync_runs_every_configured_account(
         status = run_cli("--config", str(config), "status", env={**env, "TCXC_LAG_ALERT": "30d"})
         assert status.returncode == 0, status.stderr
         assert "buyer1" in status.stdout and "buyer2" in status.stdout
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_accounts_of_a_pass_sync_at_once_up_to_the_setting(
+    sim_config: SimulatorConfig, engine: Engine, parallel: int
+) -> None:
+    """Two accounts, one fetch slot each: TCXC_PARALLEL_ACCOUNTS decides how many requests
+    are in flight at once, and each account loads all of its CDRs either way."""
+    accounts = {"buyer1": "key-one", "buyer2": "key-two"}
+    with Simulator(replace(sim_config, accounts=accounts, latency=0.03)) as sim:
+        start, end = sim_range()
+        settings = replace(
+            make_settings(sim),
+            workers=1,
+            parallel_accounts=parallel,
+            window=timedelta(days=2),
+            start_date=start,
+        )
+        jobs = [
+            replace(make_job(settings), client=ApiClient(sim.url, login, key))
+            for login, key in accounts.items()
+        ]
+        results = passes.run_all(engine, jobs, passes.INCREMENTAL, now=end + timedelta(hours=1))
+        in_flight = sim.stats()["max_in_flight"]
+        truth = {login: len(sim.records(login)) for login in accounts}
+    assert [r.api_login for r in results] == list(accounts) and all(r.ok for r in results)
+    assert in_flight == parallel
+    loaded = table_rows(engine, "SELECT api_login, count(*) FROM cdr GROUP BY 1 ORDER BY 1")
+    assert dict(loaded) == truth
