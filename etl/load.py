@@ -23,6 +23,13 @@ Within one window's transaction:
    records those of the skipped rows whose call_id differs from the stored one as conflicts;
    the others were equal to the stored row (unchanged).
 Rejects and conflicts are idempotent (unique digests), so re-syncing never duplicates them.
+
+The first sync of a window needs none of that: ``append_direct`` COPYs a page straight into
+``cdr`` (under a savepoint) when the page cannot meet a stored row: its i_cdr are distinct,
+none of them is stored (one index range probe) and none is held by another open transaction
+(otherwise the COPY fails on the primary key, the savepoint is rolled back and the page is
+staged instead). Once a window has staged a page, it stages the rest, so the merge's "last
+occurrence wins" still holds across the window's pages.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ _TYPED = DATA_COLUMNS[:-1]  # all but raw
 # compared with ``cdr.raw::text`` and cast to jsonb only for the rows that are written.
 _COPY_TEXT = f"COPY {STAGE} ({', '.join(FIELDS)}, api_login, raw_text) FROM STDIN"
 _STAGED_RAW = "coalesce(s.raw, s.raw_text::jsonb)"
+_COPY_DIRECT = f"COPY cdr ({', '.join(FIELDS)}, api_login, raw) FROM STDIN"
+_ANY_STORED = "SELECT EXISTS (SELECT FROM cdr WHERE i_cdr BETWEEN %s AND %s)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,34 @@ def stage_text(conn: psycopg.Connection[Any], copy_text: str) -> None:
         return
     with conn.cursor() as cur, cur.copy(_COPY_TEXT) as copy:
         copy.write(copy_text)
+
+
+def id_range(records: Sequence[Any]) -> tuple[int, int] | None:
+    """The lowest and highest i_cdr of a page whose records all carry a distinct one (as
+    digits); None for any other page (it is staged)."""
+    try:
+        ids = [int(record["i_cdr"]) for record in records]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not ids or len(set(ids)) != len(ids):
+        return None
+    return min(ids), max(ids)
+
+
+def append_direct(conn: psycopg.Connection[Any], copy_text: str, ids: tuple[int, int]) -> bool:
+    """COPY a page's lines (``stage_text``'s format) straight into ``cdr`` if none of the
+    i_cdr in ``ids`` is stored; False, with nothing written, when the page must be staged."""
+    with conn.cursor() as cur:
+        cur.execute(_ANY_STORED, ids)
+        found = cur.fetchone()
+        if found is None or found[0]:
+            return False
+        try:
+            with conn.transaction(), cur.copy(_COPY_DIRECT) as copy:  # a savepoint
+                copy.write(copy_text)
+        except psycopg.errors.UniqueViolation:  # another open window holds one of these rows
+            return False
+    return True
 
 
 def stage_rows(conn: psycopg.Connection[Any], rows: Iterable[Sequence[Any]], first_seq: int) -> int:

@@ -149,23 +149,33 @@ def load_window(
     run_id: int,
     pages: Iterable[Records] | None = None,
 ) -> Counts:
-    """Normalise and stage every page of ``window`` (fetched here, or handed over by a
-    fetch-ahead thread as ``pages``), then merge; no commit here."""
+    """Normalise every page of ``window`` (fetched here, or handed over by a fetch-ahead
+    thread as ``pages``) and load it: pages of new rows straight into ``cdr``, the others
+    staged and merged (see ``etl.load``); no commit here."""
     settings = job.settings
     normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
     counts = Counts()
-    load.open_stage(conn)
+    staging = False  # once a page is staged, the rest are too (the last occurrence wins)
     for records in fetch_window(job, window) if pages is None else pages:
         job.check_stop(f"account {job.api_login}, window {window}")
         normalized = normalizer.normalize_page(records)  # COPY text; PostgreSQL casts
-        load.stage_text(conn, normalized.copy_text)
+        ids = None if staging or normalized.rejects else load.id_range(records)
+        if ids is not None and load.append_direct(conn, normalized.copy_text, ids):
+            counts.inserted += normalized.rows  # new rows: straight into cdr
+        elif normalized.rows:
+            if not staging:
+                load.open_stage(conn)
+                staging = True
+            load.stage_text(conn, normalized.copy_text)
         rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
         counts.pages += 1
         counts.rows_fetched += len(records)
         counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
-    merged = load.merge(conn, run_id)
-    counts.inserted, counts.updated = merged.inserted, merged.updated
-    counts.unchanged, counts.conflicts = merged.unchanged, merged.conflicts
+    if staging:
+        merged = load.merge(conn, run_id)
+        counts.inserted += merged.inserted
+        counts.updated, counts.unchanged = merged.updated, merged.unchanged
+        counts.conflicts = merged.conflicts
     if counts.inserted or counts.updated:  # unchanged rows cannot change the rollup
         reporting.refresh_days(conn, job.api_login, window.start, window.end)
     return counts
