@@ -124,8 +124,8 @@ def append_direct(conn: psycopg.Connection[Any], copy_text: str, ids: tuple[int,
         try:
             with conn.transaction(), cur.copy(_COPY_DIRECT) as copy:  # a savepoint
                 copy.write(copy_text)
-        except psycopg.errors.UniqueViolation:  # another open window holds one of these rows
-            return False
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+            return False  # another open window holds one of these rows: stage the page
     return True
 
 
