@@ -10,10 +10,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 
 from etl import pipeline, prefetch
-from etl.errors import ApiError
+from etl.db import sqlalchemy_url
+from etl.errors import ApiError, TransientDatabaseError
 from etl.simulator import Simulator, SimulatorConfig
 from etl.state import Counts
 from etl.windows import Window, plan_windows
@@ -135,3 +136,32 @@ def test_concurrent_requests_never_exceed_the_workers(
     assert summary.ok and summary.windows == 20
     assert 2 <= in_flight <= 3, f"{in_flight} requests at once with 3 workers"
     assert [i for (i,) in table_rows(engine, "SELECT i_cdr FROM cdr ORDER BY i_cdr")] == truth
+
+
+def test_a_failing_loader_releases_its_fetcher_and_the_run_ends(
+    sim: Simulator, database_url: str
+) -> None:
+    """The window's transaction cannot take its lock on ``cdr`` (lock_timeout) while its
+    fetch slot has more pages to hand over: the window fails with a database error, the slot
+    stops at its next page instead of fetching the whole window, and the run ends."""
+    start, _ = sim_range()
+    settings = replace(make_settings(sim), workers=2, page_size=20, window=timedelta(days=1))
+    engine = create_engine(
+        sqlalchemy_url(database_url), connect_args={"options": "-c lock_timeout=300"}
+    )
+    outcome: list[pipeline.RunSummary] = []
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE cdr IN ACCESS EXCLUSIVE MODE")
+        run = threading.Thread(
+            target=lambda: outcome.append(
+                pipeline.backfill(engine, make_job(settings), start, start + timedelta(days=3))
+            )
+        )
+        run.start()
+        run.join(timeout=60)
+        assert not run.is_alive(), "the run hung on a failed loader"
+    engine.dispose()
+    (summary,) = outcome
+    assert [type(error) for _, error in summary.failures] == [TransientDatabaseError]
+    assert summary.windows == 0, "a database error stops the run after the first window"
+    assert sim.requests_served <= 4, "the fetch slot stopped a page or two after the failure"
