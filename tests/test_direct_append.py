@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -129,3 +130,19 @@ def test_id_range_takes_only_pages_of_distinct_digit_ids() -> None:
     assert load.id_range([{"call_id": "x"}]) is None
     assert load.id_range(["not a record"]) is None
     assert load.id_range([]) is None
+
+
+def test_with_only_extra_fields_kept_raw_new_pages_still_go_straight_in(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    job = make_job(replace(make_settings(sim), raw_payload="extra"))
+    odd = _with(RECORDS[2], x_new_field="kept")
+    with psycopg.connect(database_url) as conn:
+        counts = _load(conn, job, [[*RECORDS[:2], odd], []])
+        assert not _staged(conn)
+    assert counts.inserted == 3
+    raws = table_rows(engine, "SELECT i_cdr, raw::text FROM cdr ORDER BY i_cdr")
+    assert raws == sorted(
+        (int(r["i_cdr"]), '{"x_new_field": "kept"}' if r is odd else "{}")
+        for r in (*RECORDS[:2], odd)
+    )
