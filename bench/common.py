@@ -84,6 +84,14 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def simulator_accounts(login: str, key: str, accounts: int) -> dict[str, str]:
+    """The simulator's logins and keys: ``login`` alone, or for N > 1 accounts ``login1`` ..
+    ``loginN`` with keys ``key1`` .. ``keyN``."""
+    if accounts == 1:
+        return {login: key}
+    return {f"{login}{k}": f"{key}{k}" for k in range(1, accounts + 1)}
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     with open("/proc/cpuinfo") as info:

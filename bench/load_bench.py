@@ -2,7 +2,8 @@
 
     python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
         [--variants sol,copy-cdr,naive,etl] [--workers N] [--raw-payload full|extra]
-        [--repeat 3] [--single-window] [--latency 0] [--scaling 1,2,4] [--output FILE]
+        [--repeat 3] [--single-window] [--latency 0] [--scaling 1,2,4]
+        [--account-scaling 2,4] [--output FILE]
 
 Starts an embedded PostgreSQL (fsync off; or uses DATABASE_URL) and the API simulator in a
 separate process (its CPU is measured apart and never counted as ours), then runs each
@@ -22,7 +23,11 @@ ratios of the targets, and writes them to JSON. ``--single-window`` syncs the wh
 one window (the memory target). ``--scaling 1,2,4`` (with ``--latency``) runs first syncs with
 that many workers and compares each with workers x page size / latency, and with the smaller
 of that and the database's own limit (``db-limit``: ``copy-cdr`` from a second simulator with
-no latency, best of ``--repeat`` runs): the target is at least 0.8 of it. Figures are ratios
+no latency, best of ``--repeat`` runs): the target is at least 0.8 of it.
+``--account-scaling 2,4`` (with ``--latency``) does the same across accounts: for each N, a
+simulator serving N accounts (``--cdrs`` split evenly between them) and one incremental pass
+over all of them at once (``etl-accounts``: ``etl.passes.run_all``, one worker per account),
+compared with N x page size / latency and with the database's limit. Figures are ratios
 within one run, best and median of ``--repeat`` rounds (each round runs every variant once,
 so all meet the same machine load); this is a benchmark, not a test: it reports, it never
 fails on a time.
@@ -120,7 +125,7 @@ def postgres_cpu(data_dir: Path | None) -> float | None:
 class SimulatorProcess:
     """``sim_server.py`` in a child process; ``stats()`` asks it for its own counters."""
 
-    def __init__(self, cdrs: int, days: int, latency: float) -> None:
+    def __init__(self, cdrs: int, days: int, latency: float, accounts: int = 1) -> None:
         command = [
             sys.executable,
             str(HERE / "sim_server.py"),
@@ -130,6 +135,7 @@ class SimulatorProcess:
             f"--latency={latency}",
             f"--login={LOGIN}",
             f"--key={KEY}",
+            f"--accounts={accounts}",
         ]
         self.process = subprocess.Popen(
             command,
@@ -239,19 +245,28 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
         if counters:
             results["resync"]["cdr_write_counters"] = counters[-1]
             results["resync"]["cdr_write_counters_every_round"] = counters
-        if options.scaling:
+        if options.scaling or options.account_scaling:
             results[DB_LIMIT] = database_limit(options, base_args, server_url, pg_dir)
         for workers in options.scaling:
-            url = fresh_database(server_url, "bench_scaling")
-            args = {**base_args, "db_url": db.libpq_url(url), "workers": workers}
-            print(f"  etl with {workers} worker(s), {options.latency}s latency ...", flush=True)
-            run = run_variant("scaling", "etl", args, sim, pg_dir)
-            run["rows_loaded"] = row_count(url, "cdr")
-            run["ideal_rows_per_second"] = workers * options.page_size / options.latency
-            results[f"etl-{workers}w"] = run
-            drop_database(server_url, "bench_scaling")
+            args = {**base_args, "workers": workers}
+            label = f"etl with {workers} worker(s)"
+            results[f"etl-{workers}w"] = scaling_run(
+                label, "etl", args, workers, options, sim, server_url, pg_dir
+            )
     finally:
         sim.stop()
+    for accounts in options.account_scaling:
+        print(f"generating {options.cdrs:,} simulated CDRs for {accounts} accounts ...", flush=True)
+        sim = SimulatorProcess(options.cdrs, options.days, options.latency, accounts)
+        try:
+            args = {**base_args, "sim_url": sim.url, "accounts": accounts, "workers": 1}
+            label = f"etl-accounts: {accounts} accounts, 1 worker each"
+            run = scaling_run(
+                label, "etl-accounts", args, accounts, options, sim, server_url, pg_dir
+            )
+        finally:
+            sim.stop()
+        results[f"etl-{accounts}accounts"] = run
     for result in results.values():
         result["rows_per_second"] = result["rows_loaded"] / result["wall_seconds"]
     if DB_LIMIT in results:
@@ -259,6 +274,28 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
             if "ideal_rows_per_second" in result:
                 result["db_limit_rows_per_second"] = results[DB_LIMIT]["rows_per_second"]
     return results
+
+
+def scaling_run(
+    label: str,
+    variant: str,
+    args: dict[str, Any],
+    fetches: int,
+    options: argparse.Namespace,
+    sim: SimulatorProcess,
+    server_url: str,
+    pg_dir: Path | None,
+) -> dict[str, Any]:
+    """A first sync under ``--latency`` with ``fetches`` concurrent fetches into a fresh
+    database; its ideal is fetches x page size / latency."""
+    url = fresh_database(server_url, "bench_scaling")
+    print(f"  {label}, {options.latency}s latency ...", flush=True)
+    run = run_variant(label, variant, {**args, "db_url": db.libpq_url(url)}, sim, pg_dir)
+    run["rows_loaded"] = row_count(url, "cdr")
+    run["concurrent_fetches"] = fetches
+    run["ideal_rows_per_second"] = fetches * options.page_size / options.latency
+    drop_database(server_url, "bench_scaling")
+    return run
 
 
 def database_limit(
@@ -311,8 +348,9 @@ def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
 def report(payload: dict[str, Any]) -> None:
     results = payload["results"]
     print()
+    width = max(9, *(len(name) for name in results))
     header = (
-        f"{'variant':<9} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'own cpu':>8} "
+        f"{'variant':<{width}} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'own cpu':>8} "
         f"{'sim cpu':>8} {'pg cpu':>7} {'peak RSS':>9} {'load avg':>11}"
     )
     print(header)
@@ -321,7 +359,7 @@ def report(payload: dict[str, Any]) -> None:
         pg = r.get("postgres_cpu_seconds")
         load = "{:.1f}->{:.1f}".format(*r["load_average_1m"])
         print(
-            f"{name:<9} {r['rows_loaded']:>9,} {r['wall_seconds']:>7.2f} "
+            f"{name:<{width}} {r['rows_loaded']:>9,} {r['wall_seconds']:>7.2f} "
             f"{r['rows_per_second']:>8,.0f} {r['cpu_seconds']:>8.2f} "
             f"{r['simulator_cpu_seconds']:>8.2f} {'-' if pg is None else f'{pg:.2f}':>7} "
             f"{r['peak_rss_mb']:>6.0f} MB {load:>11}"
@@ -346,7 +384,7 @@ def report(payload: dict[str, Any]) -> None:
     if scaling:
         print(
             f"\nscaling under {payload['settings']['latency']}s latency, target: rows/s at least"
-            " 0.8 x min(workers x page size / latency, db limit):"
+            " 0.8 x min(concurrent fetches x page size / latency, db limit):"
         )
     for name, r in scaling.items():
         ideal, limited = (
@@ -387,24 +425,44 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--raw-payload", choices=("full", "extra"), default="full")
     parser.add_argument(
         "--scaling",
-        type=lambda text: [int(n) for n in _names(text)],
+        type=_counts,
         default=[],
         help="worker counts for first syncs under --latency, e.g. 1,2,4 (also measures the"
         " database's own limit: copy-cdr with no latency)",
     )
+    parser.add_argument(
+        "--account-scaling",
+        type=_counts,
+        default=[],
+        help="account counts for first syncs under --latency, e.g. 2,4: a simulator with that"
+        " many accounts (--cdrs split evenly), one incremental pass over all of them at once"
+        " (etl-accounts, 1 worker each); also measures the database's own limit",
+    )
     parser.add_argument("--output", type=Path, help="default: bench/results/load*.json")
     options = parser.parse_args()
-    if options.scaling and options.latency <= 0:
-        parser.error("--scaling needs --latency (seconds per request), e.g. --latency 0.1")
+    for flag, counts in (
+        ("--scaling", options.scaling),
+        ("--account-scaling", options.account_scaling),
+    ):
+        if counts and options.latency <= 0:
+            parser.error(f"{flag} needs --latency (seconds per request), e.g. --latency 0.1")
+    for accounts in options.account_scaling:
+        if accounts < 1 or options.cdrs % accounts:
+            parser.error(f"--cdrs {options.cdrs} does not split evenly into {accounts} accounts")
     if options.output is None:
         suffix = "-single-window" if options.single_window else ""
-        suffix += "-latency" if options.scaling else ""
+        suffix += "-latency" if options.scaling or options.account_scaling else ""
+        suffix += "-accounts" if options.account_scaling else ""
         options.output = HERE / "results" / f"load{suffix}.json"
     return options
 
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in _names(text)]
 
 
 def main() -> None:

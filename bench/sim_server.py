@@ -2,7 +2,9 @@
 
 Started by ``load_bench.py``: prints ``URL <url>`` once it listens, then answers each ``stats``
 line on stdin with one JSON line (the simulator's request counters, its handler threads' CPU
-seconds and the whole process's CPU seconds) and stops at end of input.
+seconds and the whole process's CPU seconds) and stops at end of input. With ``--accounts N``
+(N > 1) it serves logins ``LOGIN1`` .. ``LOGINN`` (keys ``KEY1`` .. ``KEYN``) and splits
+``--cdrs`` evenly between them, so the total stays the same.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import resource
 import sys
 from datetime import datetime, timedelta
+
+from common import simulator_accounts
 
 from etl.simulator import Simulator, SimulatorConfig
 
@@ -31,11 +35,16 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--login", default="bench")
     parser.add_argument("--key", default="bench-key")
+    parser.add_argument(
+        "--accounts", type=int, default=1, help="N > 1: logins LOGIN1..LOGINN, --cdrs split"
+    )
     args = parser.parse_args()
+    if args.accounts < 1 or args.cdrs % args.accounts:
+        parser.error(f"--cdrs {args.cdrs} does not split evenly into {args.accounts} accounts")
     end = datetime.fromisoformat(args.end)
     config = SimulatorConfig(
-        accounts={args.login: args.key},
-        cdrs=args.cdrs,
+        accounts=simulator_accounts(args.login, args.key, args.accounts),
+        cdrs=args.cdrs // args.accounts,
         start=end - timedelta(days=args.days),
         end=end,
         latency=args.latency,

@@ -8,7 +8,10 @@ database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. 
 - ``copy-cdr``: the same into ``cdr`` itself (its indexes, the payload as JSONB);
 - ``naive``: normalise each record to typed values, then a per-page SQLAlchemy executemany of
   ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE`` into ``cdr``;
-- ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike.
+- ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike;
+- ``etl-accounts``: tcxc-etl's multi-account path: one incremental pass
+  (``etl.passes.run_all``) over every account of the simulator (``accounts`` in the args, see
+  ``common.simulator_accounts``), all at once, ``workers`` (default 1) fetch slots each.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
+from common import simulator_accounts
 
-from etl import db, memory, pipeline
+from etl import db, memory, passes, pipeline
 from etl.client import ApiClient, Page
 from etl.config import Secret, Settings
 from etl.normalize import API_KEYS, FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
@@ -35,9 +39,12 @@ from etl.windows import Window, plan_windows
 SOL_TYPES = {"text": "text", "bigint": "bigint", "count": "integer", "decimal": "numeric"}
 
 
+def _range(args: dict[str, Any]) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
+
+
 def _windows(args: dict[str, Any]) -> list[Window]:
-    start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
-    return list(plan_windows(start, end, timedelta(seconds=args["window_seconds"])))
+    return list(plan_windows(*_range(args), timedelta(seconds=args["window_seconds"])))
 
 
 def _client(args: dict[str, Any]) -> ApiClient:
@@ -129,31 +136,68 @@ def naive_upsert(args: dict[str, Any]) -> int:
 INFO: dict[str, Any] = {}  # what a variant wants reported besides its timings
 
 
+def _job(args: dict[str, Any], **settings: Any) -> pipeline.Job:
+    """tcxc-etl's job for the account of ``args``, with no retries; ``settings`` adds to or
+    overrides the settings the args give."""
+    fields: dict[str, Any] = {
+        "api_url": args["sim_url"],
+        "api_login": args["login"],
+        "api_key": Secret(args["key"]),
+        "database_url": Secret(args["db_url"]),
+        "page_size": args["page_size"],
+        "window": timedelta(seconds=args["window_seconds"]),
+        "raw_payload": args.get("raw_payload", "full"),
+    }
+    return pipeline.Job(
+        client=_client(args),
+        settings=Settings(**{**fields, **settings}),
+        retry=RetryPolicy(attempts=1),
+    )
+
+
 def tcxc_etl(args: dict[str, Any]) -> int:
     """tcxc-etl's own backfill of the range (with the CLI's malloc settings)."""
     INFO["malloc_tuned"] = memory.limit_heap_growth()
     INFO["load_path"] = "etl.window_sync.load_window"
     workers = {"workers": args["workers"]} if args.get("workers") else {}  # else its default
-    settings = Settings(
-        api_url=args["sim_url"],
-        api_login=args["login"],
-        api_key=Secret(args["key"]),
-        database_url=Secret(args["db_url"]),
-        page_size=args["page_size"],
-        window=timedelta(seconds=args["window_seconds"]),
-        raw_payload=args.get("raw_payload", "full"),
-        **workers,
-    )
-    INFO["workers"] = settings.workers
+    job = _job(args, **workers)
+    INFO["workers"] = job.settings.workers
     engine = db.make_engine(args["db_url"])
-    job = pipeline.Job(client=_client(args), settings=settings, retry=RetryPolicy(attempts=1))
-    start, end = datetime.fromisoformat(args["start"]), datetime.fromisoformat(args["end"])
     # resume=False: a re-sync must really sync again, not skip the windows already done.
-    summary = pipeline.backfill(engine, job, start, end, resume=False)
+    summary = pipeline.backfill(engine, job, *_range(args), resume=False)
     engine.dispose()
     if not summary.ok:
         raise SystemExit(f"backfill failed: {summary.failures}")
     return summary.counts.rows_fetched
+
+
+def etl_accounts(args: dict[str, Any]) -> int:
+    """tcxc-etl's multi-account path: one incremental pass over every account of the simulator,
+    all of them at once (TCXC_PARALLEL_ACCOUNTS = their number), from TCXC_START_DATE = the
+    range's start; with no settle lag and "now" at the range's end, its windows are exactly
+    the backfill's (``etl``)."""
+    INFO["malloc_tuned"] = memory.limit_heap_growth()
+    INFO["load_path"] = "etl.passes.run_all"
+    start, end = _range(args)
+    logins = simulator_accounts(args["login"], args["key"], args["accounts"])
+    jobs = [
+        _job(
+            {**args, "login": login, "key": key},
+            workers=args.get("workers") or 1,
+            parallel_accounts=len(logins),
+            start_date=start,
+            settle_lag=timedelta(0),
+        )
+        for login, key in logins.items()
+    ]
+    INFO["accounts"], INFO["workers"] = len(jobs), jobs[0].settings.workers
+    engine = db.make_engine(args["db_url"])
+    results = passes.run_all(engine, jobs, passes.INCREMENTAL, now=end)
+    engine.dispose()
+    summaries = [result.summary for result in results if result.ok and result.summary]
+    if len(summaries) != len(jobs):
+        raise SystemExit(f"incremental pass failed: {results}")
+    return sum(summary.counts.rows_fetched for summary in summaries)
 
 
 VARIANTS: dict[str, Callable[[dict[str, Any]], int]] = {
@@ -161,6 +205,7 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], int]] = {
     "copy-cdr": copy_into_cdr,
     "naive": naive_upsert,
     "etl": tcxc_etl,
+    "etl-accounts": etl_accounts,
 }
 
 
