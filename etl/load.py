@@ -9,18 +9,20 @@ Within one window's transaction:
    Rows are numbered in the order they arrive (``seq``);
 3. ``save_rejects`` stores records that failed normalisation (reason + raw payload);
 4. ``merge`` deduplicates by i_cdr (the last occurrence wins), records i_cdr whose call_id
-   differs from the one already held as conflicts (not applied), and upserts the rest with one
+   differs from the one already held, or that another account (api_login) holds, as conflicts
+   (not applied: a CDR never changes accounts), and upserts the rest with one
    ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE ... WHERE`` the stored values differ and the
-   call_id is the same. Rows equal to the stored ones are filtered out before the upsert (the
-   payloads compared as text: ``cdr.raw::text`` against the staged text), so a re-sync writes
-   no row versions and takes no row lock. A window whose rows are all new (the usual first
-   sync) skips the comparison.
+   call_id and account are the same. Rows equal to the stored ones are filtered out before
+   the upsert (the payloads compared as text: ``cdr.raw::text`` against the staged text), so
+   a re-sync writes no row versions and takes no row lock. A window whose rows are all new
+   (the usual first sync) skips the comparison.
    Windows merging at once (one transaction each) may stage the same i_cdr (windows share
    their boundary second), unseen by each other's snapshot. The upsert then waits for the
-   other transaction and meets its committed row (READ COMMITTED): the call_id condition keeps
-   a row with another call_id from overwriting it. When the upsert wrote fewer rows than it
-   was given (rare: only after such a wait), a second statement, with a fresh snapshot,
-   records those of the skipped rows whose call_id differs from the stored one as conflicts;
+   other transaction and meets its committed row (READ COMMITTED): the call_id and account
+   conditions keep a row with another call_id or account from overwriting it. When the upsert
+   wrote fewer rows than it was given (rare: only after such a wait), a second statement, with
+   a fresh snapshot, records those of the skipped rows whose call_id or account differs from
+   the stored one as conflicts;
    the others were equal to the stored row (unchanged).
 Rejects and conflicts are idempotent (unique digests), so re-syncing never duplicates them.
 
@@ -61,6 +63,7 @@ _ANY_STORED = "SELECT EXISTS (SELECT FROM cdr WHERE i_cdr BETWEEN %s AND %s)"
 class MergeCounts:
     """What one merge did: the ``candidates`` (per i_cdr, the last staged row with the call_id
     it keeps) were inserted, updated or unchanged; ``conflicts`` staged rows had another call_id
+    or account
     than the stored row and were kept aside (in ``cdr_conflict``)."""
 
     candidates: int
@@ -208,11 +211,12 @@ _RECORD_CONFLICTS = """bad AS (
 #   for the rows that are written (none on a re-sync) and for conflicts (rare).
 #   kept_call_id: the call_id an i_cdr keeps: the stored one, else its first staged one;
 #   latest: per i_cdr, the last staged row carrying that call_id (the one applied);
-#   bad: staged rows with another call_id: conflicts, stored once per payload digest.
+#   bad: staged rows with another call_id, or of another account than the stored row:
+#   conflicts, stored once per payload digest.
 # Either way the insert is an upsert, so rows another window commits meanwhile are merged;
-# one of them with another call_id is left as it is (the DO UPDATE condition). The last column
-# lists the ``seq`` of the rows given to the upsert that it did not write (NULL when it wrote
-# them all, and then not computed): ``_LATE_CONFLICTS`` sorts them out.
+# one of them with another call_id or account is left as it is (the DO UPDATE condition).
+# The last column lists the ``seq`` of the rows given to the upsert that it did not write
+# (NULL when it wrote them all, and then not computed): ``_LATE_CONFLICTS`` sorts them out.
 _MERGE = f"""
 WITH span AS MATERIALIZED (
     SELECT count(*) AS staged, count(DISTINCT i_cdr) AS keys, min(i_cdr) AS lo, max(i_cdr) AS hi
@@ -223,6 +227,7 @@ WITH span AS MATERIALIZED (
     FROM span
 ), joined AS MATERIALIZED (
     SELECT s.seq, s.i_cdr, s.call_id, c.call_id AS stored_call_id, c.i_cdr IS NOT NULL AS stored,
+           c.api_login IS DISTINCT FROM s.api_login AND c.i_cdr IS NOT NULL AS foreign_login,
            c.i_cdr IS NOT NULL
            AND ({_columns("c.", _TYPED)}) IS NOT DISTINCT FROM ({_columns("s.", _TYPED)})
            AND CASE WHEN s.raw_text IS NULL THEN c.raw = s.raw
@@ -231,20 +236,20 @@ WITH span AS MATERIALIZED (
     LEFT JOIN LATERAL (SELECT * FROM cdr WHERE cdr.i_cdr = s.i_cdr OFFSET 0) c ON true
     WHERE NOT (SELECT yes FROM append)
 ), keyed AS MATERIALIZED (
-    SELECT seq, i_cdr, call_id, unchanged,
+    SELECT seq, i_cdr, call_id, unchanged, foreign_login,
            CASE WHEN stored THEN stored_call_id
                 ELSE first_value(call_id) OVER (PARTITION BY i_cdr ORDER BY seq) END AS kept_call_id
     FROM joined
 ), latest AS MATERIALIZED (
     SELECT DISTINCT ON (i_cdr) seq, unchanged
-    FROM keyed WHERE call_id IS NOT DISTINCT FROM kept_call_id
+    FROM keyed WHERE call_id IS NOT DISTINCT FROM kept_call_id AND NOT foreign_login
     ORDER BY i_cdr, seq DESC
 ), incoming AS (
     SELECT k.i_cdr, k.seq, s.api_login, k.kept_call_id, k.call_id AS incoming_call_id,
            {_STAGED_PAYLOAD} AS payload
     FROM keyed k JOIN {STAGE} s ON s.seq = k.seq
-    WHERE k.call_id IS DISTINCT FROM k.kept_call_id
-      AND EXISTS (SELECT FROM keyed WHERE call_id IS DISTINCT FROM kept_call_id)
+    WHERE (k.call_id IS DISTINCT FROM k.kept_call_id OR k.foreign_login)
+      AND EXISTS (SELECT FROM keyed WHERE call_id IS DISTINCT FROM kept_call_id OR foreign_login)
 ), {_RECORD_CONFLICTS}, upserted AS (
     INSERT INTO cdr ({_columns()})
     SELECT {_columns("s.", _TYPED)}, {_STAGED_RAW} FROM latest l JOIN {STAGE} s ON s.seq = l.seq
@@ -255,7 +260,7 @@ WITH span AS MATERIALIZED (
         {", ".join(f"{name} = EXCLUDED.{name}" for name in DATA_COLUMNS if name != "i_cdr")},
         updated_at = now()
     WHERE ({_columns("cdr.", _COMPARED)}) IS DISTINCT FROM ({_columns("EXCLUDED.", _COMPARED)})
-      AND cdr.call_id IS NOT DISTINCT FROM EXCLUDED.call_id
+      AND cdr.call_id IS NOT DISTINCT FROM EXCLUDED.call_id AND cdr.api_login = EXCLUDED.api_login
     RETURNING i_cdr, (xmax = 0) AS inserted
 ), tally AS (
     SELECT l.keys + a.appended AS candidates, l.changed + a.appended AS attempted
@@ -278,14 +283,15 @@ FROM tally t, written w
 
 # The rows the upsert skipped (``%(skipped)s``: one per i_cdr, the one ``latest`` picked) met a
 # row committed by another transaction after the merge's snapshot; this statement's snapshot
-# sees it. Those with another call_id are conflicts (recorded as ``_MERGE`` records them); the
-# others were equal to it.
+# sees it. Those with another call_id or account are conflicts (recorded as ``_MERGE``
+# records them); the others were equal to it.
 _LATE_CONFLICTS = f"""
 WITH incoming AS (
     SELECT s.i_cdr, s.seq, s.api_login, c.call_id AS kept_call_id, s.call_id AS incoming_call_id,
            {_STAGED_PAYLOAD} AS payload
     FROM {STAGE} s JOIN cdr c ON c.i_cdr = s.i_cdr
-    WHERE s.seq = ANY(%(skipped)s::bigint[]) AND s.call_id IS DISTINCT FROM c.call_id
+    WHERE s.seq = ANY(%(skipped)s::bigint[])
+      AND (s.call_id IS DISTINCT FROM c.call_id OR s.api_login <> c.api_login)
 ), {_RECORD_CONFLICTS}
 SELECT count(*) FROM bad
 """

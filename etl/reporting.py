@@ -6,9 +6,12 @@ fresh aggregation of ``cdr``, so that BI views read thousands of rows instead of
 - ``cdr_hourly`` is the finest grain (hour, account, country, vendor, cause) with additive
   measures only; ``cdr_daily`` (without the cause) and ``cdr_daily_cause`` (counts only) are
   sums of it per reporting day. Ratios (ASR, ACD, NER, ...) are computed by the views.
-- ``refresh_days`` recomputes from ``cdr`` the hours a synced window overlaps (every account's
-  CDRs of those hours, whichever window loaded them), then re-sums the days holding them. It
-  writes only the rollup rows whose values changed: re-syncing unchanged data rewrites nothing.
+- ``refresh_days`` recomputes from ``cdr`` the hours a synced window overlaps (the window's
+  account's CDRs of those hours, whichever window loaded them), then re-sums that account's
+  days holding them. One account is enough: a CDR never moves between accounts (a stored
+  ``i_cdr`` arriving under another login is a conflict, see ``etl.load``), so no other
+  account's rollup can change. It writes only the rollup rows whose values changed:
+  re-syncing unchanged data rewrites nothing.
 - ``rebuild_rollup`` applies ``reporting_config.time_zone`` and recomputes everything.
 
 Concurrency: a refresh holds a transaction-level advisory lock per day it touches (taken in day
@@ -47,16 +50,16 @@ SETTINGS = {"work_mem": "64MB", "enable_mergejoin": "off"}
 _KEY = "api_login, country_name, i_vendor, vendor_name"
 _NER = ", ".join(str(code) for code in NER_CAUSES)
 _WHEN = "coalesce(connect_time, setup_time)"
-_CDR_HOURS = """(
+_CDR_HOURS = """api_login = %(login)s AND (
     (connect_time >= %(lo)s AND connect_time < %(hi)s + interval '1 hour')
     OR (connect_time IS NULL
         AND setup_time >= %(lo)s AND setup_time < %(hi)s + interval '1 hour'))"""
-_HOURS = "t.hour_start BETWEEN %(lo)s AND %(hi)s"
+_HOURS = "t.api_login = %(login)s AND t.hour_start BETWEEN %(lo)s AND %(hi)s"
 _HOURS_OF_DAYS = (
-    "t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s"
+    "t.api_login = %(login)s AND t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s"
     " AND t.hour_start < (%(hi)s + 1)::timestamp AT TIME ZONE %(tz)s"
 )
-_DAYS = "t.day BETWEEN %(lo)s AND %(hi)s"
+_DAYS = "t.api_login = %(login)s AND t.day BETWEEN %(lo)s AND %(hi)s"
 
 # SQL functions of migration 0002: the billing formula and the cost check (v_cost_check).
 _ISSUE = (
@@ -175,12 +178,12 @@ SELECT {_written("cdr_daily", "cdr_daily_cause")}
 def refresh_days(
     conn: psycopg.Connection[Any], api_login: str, start: datetime, end: datetime
 ) -> None:
-    """Bring the rollup up to date for every reporting day overlapping ``[start, end]``.
+    """Bring ``api_login``'s rollup up to date for every reporting day overlapping
+    ``[start, end]``.
 
     Call it in the window's transaction, right after the merge (or right after its commit).
-    The hours overlapping ``[start, end + ANSWER_LAG]`` are recomputed from ``cdr``, for every
-    account (a CDR may move between logins), and their days re-summed from ``cdr_hourly``;
-    ``api_login`` only names the caller in the log.
+    The account's hours overlapping ``[start, end + ANSWER_LAG]`` are recomputed from ``cdr``
+    and its days re-summed from ``cdr_hourly``; other accounts' rows are not read.
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("refresh_days needs timezone-aware bounds")
@@ -206,12 +209,12 @@ def refresh_days(
             hourly = _execute(
                 cur,
                 _REFRESH_HOURS.format(cdr=_CDR_HOURS, hours=_HOURS),
-                {"tz": tz, "lo": first_hour, "hi": last_hour},
+                {"tz": tz, "lo": first_hour, "hi": last_hour, "login": api_login},
             )
             daily = _execute(
                 cur,
                 _REFRESH_DAYS.format(hours=_HOURS_OF_DAYS, days=_DAYS),
-                {"tz": tz, "lo": first_day, "hi": last_day},
+                {"tz": tz, "lo": first_day, "hi": last_day, "login": api_login},
             )
     log.debug(
         "rollup refreshed account=%s hours=%s..%s rows_written=%d",

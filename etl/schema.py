@@ -4,7 +4,8 @@ Tables
 - ``cdr``: one row per i_cdr, the API's fields as typed columns (lower-case API names), the
   account login, the raw payload (JSONB) and load timestamps.
 - ``cdr_reject``: records that could not be normalised, with the reason and the raw payload.
-- ``cdr_conflict``: records whose i_cdr was already held with a different call_id.
+- ``cdr_conflict``: records whose i_cdr was already held with a different call_id, or by
+  another account.
 - ``sync_state``: per account and prefix, the incremental watermark.
 - ``sync_window``: per window of each run, its bounds, counts and outcome (ledger + history).
 - ``etl_run``: one row per run of a command.

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import Engine
 
 from etl import load
+from etl.client import ApiClient
 from etl.simulator import Simulator
 from etl.simulator.data import generate, icdr_bucket, make_profile
 from etl.state import Counts
@@ -92,16 +94,19 @@ def test_a_page_repeating_an_i_cdr_is_staged_and_deduplicated(
     assert counts.inserted == 2
 
 
+@pytest.mark.parametrize("differs", ["call_id", "login"])
 def test_a_row_another_window_holds_uncommitted_is_staged_then_a_conflict(
-    sim: Simulator, engine: Engine, database_url: str
+    sim: Simulator, engine: Engine, database_url: str, differs: str
 ) -> None:
-    """Windows A and B both hold X (their shared boundary second) with different call_ids.
-    A loaded X straight in and has not committed; B's page looks new to B, so B's COPY waits
-    on X's primary key entry, fails when A commits, and B stages the page instead: X becomes
-    a conflict in B, and B's other row loads."""
+    """Windows A and B both hold X (a shared boundary second, or two accounts served the same
+    CDR), B's with another call_id or under another login. A loaded X straight in and has not
+    committed; B's page looks new to B, so B's COPY waits on X's primary key entry, fails when
+    A commits, and B stages the page instead: X becomes a conflict in B, and B's other row
+    loads."""
     job = make_job(make_settings(sim))
     x, only_b = RECORDS[0], RECORDS[1]
-    x_b = _with(x, call_id="f" * 32)
+    x_b = _with(x, call_id="f" * 32) if differs == "call_id" else x
+    job_b = job if differs == "call_id" else replace(job, client=ApiClient(sim.url, "b2", "k"))
     with (
         psycopg.connect(database_url) as conn_a,
         psycopg.connect(database_url) as conn_b,
@@ -110,7 +115,7 @@ def test_a_row_another_window_holds_uncommitted_is_staged_then_a_conflict(
     ):
         counts_a = _load(conn_a, job, [[x], []])
         assert not _staged(conn_a)
-        loading = pool.submit(_load, conn_b, job, [[x_b, only_b], []])
+        loading = pool.submit(_load, conn_b, job_b, [[x_b, only_b], []])
         _wait_until_blocked(watcher, conn_b.info.backend_pid, loading)
         conn_a.commit()
         counts_b = loading.result(timeout=60)
@@ -119,8 +124,10 @@ def test_a_row_another_window_holds_uncommitted_is_staged_then_a_conflict(
     assert counts_a.inserted == 1
     assert (counts_b.inserted, counts_b.updated, counts_b.conflicts) == (1, 0, 1)
     assert _stored(engine) == _expected(x, only_b)
-    conflicts = table_rows(engine, "SELECT i_cdr, incoming_call_id FROM cdr_conflict")
-    assert conflicts == [(int(x["i_cdr"]), "f" * 32)]
+    logins = dict(table_rows(engine, "SELECT i_cdr, api_login FROM cdr"))
+    assert logins[int(x["i_cdr"])] == LOGIN, "the row stays with the account that loaded it"
+    conflicts = table_rows(engine, "SELECT i_cdr, api_login, incoming_call_id FROM cdr_conflict")
+    assert conflicts == [(int(x["i_cdr"]), job_b.api_login, x_b["call_id"])]
 
 
 def test_id_range_takes_only_pages_of_distinct_digit_ids() -> None:
@@ -146,3 +153,25 @@ def test_with_only_extra_fields_kept_raw_new_pages_still_go_straight_in(
         (int(r["i_cdr"]), '{"x_new_field": "kept"}' if r is odd else "{}")
         for r in (*RECORDS[:2], odd)
     )
+
+
+def test_a_stored_cdr_served_to_another_account_is_a_conflict_not_a_move(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """Another login's window brings an i_cdr this account already holds (same call_id): it
+    is recorded as a conflict and the row keeps its account (and its account's rollup)."""
+    job = make_job(make_settings(sim))
+    other = replace(job, client=ApiClient(sim.url, "buyer2", "k"))
+    x = RECORDS[0]
+    with psycopg.connect(database_url) as conn:
+        _load(conn, job, [[x], []])
+        conn.commit()
+        counts = _load(conn, other, [[x, RECORDS[1]], []])
+        conn.commit()
+        again = _load(conn, other, [[x, RECORDS[1]], []])
+    assert (counts.inserted, counts.updated, counts.conflicts) == (1, 0, 1)
+    assert (again.inserted, again.updated, again.conflicts) == (0, 0, 1)
+    logins = dict(table_rows(engine, "SELECT i_cdr, api_login FROM cdr"))
+    assert logins == {int(x["i_cdr"]): LOGIN, int(RECORDS[1]["i_cdr"]): "buyer2"}
+    conflicts = table_rows(engine, "SELECT i_cdr, api_login FROM cdr_conflict")
+    assert conflicts == [(int(x["i_cdr"]), "buyer2")], "recorded once"

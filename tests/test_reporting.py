@@ -518,7 +518,8 @@ def test_rollup_equals_a_fresh_aggregation_after_late_cdrs_and_rerates(
 def test_refresh_recomputes_the_reporting_days_a_window_touches(
     sim: Simulator, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
 ) -> None:
-    """A window in API time refreshes the local days it overlaps (and the answer lag), no more."""
+    """A window in API time refreshes its account's local days it overlaps (and the answer
+    lag), no more: other accounts' rows are left as they are."""
     sync(sim, engine, database_url)
     cases = [
         (
@@ -539,15 +540,17 @@ def test_refresh_recomputes_the_reporting_days_a_window_touches(
         pg.execute("DELETE FROM cdr_daily_cause")
         reporting.refresh_days(pg, "buyer1", *window)
         pg.commit()
-        assert {row[0] for row in rollup(pg) if row[5] != -1} == days
-        assert {row[0] for row in rollup_causes(pg)} == days
-        assert [row for row in rollup(pg) if row[0] in days] == [
-            row for row in good if row[0] in days
-        ]
+        refreshed = [row for row in rollup(pg) if row[5] != -1]
+        assert {row[0] for row in refreshed} == days
+        assert {row[1] for row in refreshed} == {"buyer1"}
+        assert {(row[0], row[1]) for row in rollup_causes(pg)} == {(d, "buyer1") for d in days}
+        assert refreshed == [row for row in good if row[0] in days and row[1] == "buyer1"]
         pg.execute("UPDATE cdr_hourly SET attempts = -1")
         reporting.refresh_days(pg, "buyer1", *window)
         pg.commit()
         hours = query(pg, "SELECT DISTINCT hour_start FROM cdr_hourly WHERE attempts <> -1")
+        logins = query(pg, "SELECT DISTINCT api_login FROM cdr_hourly WHERE attempts <> -1")
+        assert logins == [("buyer1",)]
         first = window[0].replace(minute=0)
         last = window[1] + reporting.ANSWER_LAG
         assert sorted(h for (h,) in hours) == [
