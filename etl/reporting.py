@@ -44,8 +44,10 @@ _REBUILD_LOCK = -1
 _EPOCH_DAY = date(1900, 1, 1)  # day numbers >= 0 (normalisation accepts years from 1900)
 # Planner settings for the refresh statements (restored afterwards): hash a window's groups in
 # memory rather than sort them on disk, and hash-join the rollup rows: merge joins would sort
-# text keys by collation, several times slower.
-SETTINGS = {"work_mem": "64MB", "enable_mergejoin": "off"}
+# text keys by collation, several times slower, and a nested loop over the fresh rows (which
+# the planner picks when one account's hours look small) compares every pair: 0.8 s instead
+# of 10 ms for a day of 1,700 CDRs.
+SETTINGS = {"work_mem": "64MB", "enable_mergejoin": "off", "enable_nestloop": "off"}
 
 _KEY = "api_login, country_name, i_vendor, vendor_name"
 _NER = ", ".join(str(code) for code in NER_CAUSES)
