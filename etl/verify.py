@@ -1,9 +1,10 @@
 """Verification: re-read a range from the API and compare it with the warehouse, writing nothing.
 
-Each window of the range is fetched as ``etl.window_sync.load_window`` fetches it (same paging,
-retries), normalised by the same Normalizer, and COPYed into the transaction's temporary
-staging table, so memory does not grow with the range. The comparison is set-based SQL. The
-whole check runs in one transaction that is always rolled back: nothing is ever written.
+Each window of the range is fetched by the pipeline's own ``etl.window_sync.fetch_window``
+(same paging, loop guards, retries), normalised by the same Normalizer, and COPYed into the
+transaction's temporary staging table, so memory does not grow with the range. The comparison
+is set-based SQL. The whole check runs in one transaction that is always rolled back: nothing
+is ever written.
 
 Which time field the API filters on is undocumented, so it is detected from the fetched rows:
 the first of setup_time, connect_time, disconnect_time whose values all lie inside the window
@@ -19,7 +20,7 @@ column, the call_id or the account). Records the Normalizer rejects are ``unload
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, LiteralString
@@ -29,11 +30,8 @@ from psycopg import sql
 from sqlalchemy import Engine
 
 from etl import load, window_sync
-from etl.client import Page
 from etl.db import database_errors
-from etl.errors import ApiError
 from etl.normalize import FIELDS, Normalizer
-from etl.pagination import OffsetPaginator, distinct_count, page_digest
 from etl.windows import Window, plan_windows
 
 TIME_FIELDS = ("setup_time", "connect_time", "disconnect_time")
@@ -159,20 +157,6 @@ class VerifyReport:
         return ", ".join(parts)
 
 
-def fetch_window(job: window_sync.Job, window: Window) -> Iterator[Page]:
-    """Every page of ``window`` (the last one empty), paged and retried as the pipeline does."""
-    paginator = OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
-    where = f"account {job.api_login}, window {window}"
-    while not paginator.done:
-        page = window_sync.fetch_page(job, window, paginator)  # the pipeline's own fetch, retries
-        try:
-            paginator.advance(distinct_count(page.records), page_digest(page.body))
-        except ApiError as exc:
-            raise exc.located(where) from None
-        job.check_stop(where)
-        yield page
-
-
 _OPEN_REJECTS = (
     "CREATE TEMP TABLE verify_reject (seq bigint NOT NULL, i_cdr text, reason text NOT NULL,"
     " digest text NOT NULL) ON COMMIT DROP"
@@ -187,15 +171,16 @@ def _stage_window(
     state: tuple[FieldFit, Tally],
 ) -> None:
     fit, tally = state
-    for page in fetch_window(job, window):
-        rows, rejects = window_sync.normalise_page(normalizer, page.records, job.api_login)
+    for records in window_sync.fetch_window(job, window):  # the pipeline's paging and retries
+        job.check_stop(f"account {job.api_login}, window {window}")
+        rows, rejects = window_sync.normalise_page(normalizer, records, job.api_login)
         load.stage_rows(conn, rows, tally.rows_fetched)
         fit.observe(rows, window)
         if rejects:
             with conn.cursor() as cur, cur.copy("COPY verify_reject FROM STDIN") as copy:
                 for n, reject in enumerate(rejects, tally.rejected):
                     copy.write_row((n, reject.i_cdr, reject.reason, _digest(reject.raw)))
-        tally.rows_fetched += len(page.records)
+        tally.rows_fetched += len(records)
         tally.rejected += len(rejects)
         tally.pages += 1
     tally.windows += 1
