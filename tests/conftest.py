@@ -8,7 +8,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,3 +226,18 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         text=True,
         cwd=ROOT,
     )
+
+
+def wait_until_blocked(watcher: psycopg.Connection[Any], pid: int, merging: Future[Any]) -> None:
+    """Wait until backend ``pid`` waits for a lock (a window blocked on another's row), failing
+    if ``merging`` (its work, in a thread) ends first."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert not merging.done(), "B's merge did not wait for A's row"
+        row = watcher.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == "Lock":
+            return
+        time.sleep(0.01)
+    raise AssertionError("B's merge never waited for A's row lock")

@@ -20,8 +20,7 @@ from etl.simulator.data import generate, icdr_bucket, make_profile
 from etl.state import Counts
 from etl.window_sync import Job, load_window
 from etl.windows import Window
-from tests.conftest import make_job, make_settings, table_rows
-from tests.test_merge_race import _wait_until_blocked
+from tests.conftest import make_job, make_settings, table_rows, wait_until_blocked
 
 LOGIN = "buyer1"
 _TABLE = generate(
@@ -116,7 +115,7 @@ def test_a_row_another_window_holds_uncommitted_is_staged_then_a_conflict(
         counts_a = _load(conn_a, job, [[x], []])
         assert not _staged(conn_a)
         loading = pool.submit(_load, conn_b, job_b, [[x_b, only_b], []])
-        _wait_until_blocked(watcher, conn_b.info.backend_pid, loading)
+        wait_until_blocked(watcher, conn_b.info.backend_pid, loading)
         conn_a.commit()
         counts_b = loading.result(timeout=60)
         assert _staged(conn_b)

@@ -9,9 +9,8 @@ other's row, so B only meets A's committed row in its upsert's ON CONFLICT path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +21,7 @@ import pytest
 from etl import load
 from etl.normalize import Normalizer
 from etl.simulator.data import generate, icdr_bucket, make_profile
+from tests.conftest import wait_until_blocked
 
 LOGIN = "buyer1"
 NORMALIZER = Normalizer(LOGIN, ZoneInfo("UTC"))
@@ -49,20 +49,6 @@ def _merge_alone(database_url: str, records: Sequence[dict[str, Any]]) -> load.M
         return load.merge(conn, None)  # type: ignore[arg-type]  # no run row here
 
 
-def _wait_until_blocked(watcher: psycopg.Connection[Any], pid: int, merging: Future[Any]) -> None:
-    """Wait until backend ``pid`` waits for a lock (B's upsert waiting for A's row)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert not merging.done(), "B's merge did not wait for A's row"
-        row = watcher.execute(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
-        ).fetchone()
-        if row is not None and row[0] == "Lock":
-            return
-        time.sleep(0.01)
-    raise AssertionError("B's merge never waited for A's row lock")
-
-
 def _race(
     database_url: str, window_a: Sequence[dict[str, Any]], window_b: Sequence[dict[str, Any]]
 ) -> tuple[load.MergeCounts, load.MergeCounts]:
@@ -77,7 +63,7 @@ def _race(
         _stage(b, window_b)
         merged_a = load.merge(a, None)  # type: ignore[arg-type]
         merging = pool.submit(load.merge, b, None)
-        _wait_until_blocked(watcher, b.info.backend_pid, merging)
+        wait_until_blocked(watcher, b.info.backend_pid, merging)
         a.commit()
         merged_b = merging.result(timeout=30)
         b.commit()
