@@ -1,7 +1,7 @@
 """Load-path benchmark: tcxc-etl against its own baselines, in one run on the same data.
 
     python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
-        [--variants sol,copy-cdr,naive,etl] [--workers N] [--raw-payload full|extra]
+        [--variants sol,copy-cdr,naive,etl] [--workers N] [--raw-payload compact|full|extra]
         [--repeat 3] [--single-window] [--latency 0] [--scaling 1,2,4]
         [--account-scaling 2,4] [--output FILE]
 
@@ -57,7 +57,7 @@ from common import (
     write_results,
 )
 
-from etl import db
+from etl import db, payload
 from etl.config import parse_duration
 
 END = datetime(2026, 10, 1)  # naive, API zone (UTC): the simulated data ends here
@@ -422,7 +422,7 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync); '' for none",
     )
     parser.add_argument("--workers", type=int, default=0, help="TCXC_WORKERS (0: its default)")
-    parser.add_argument("--raw-payload", choices=("full", "extra"), default="full")
+    parser.add_argument("--raw-payload", choices=payload.MODES, default=payload.COMPACT)
     parser.add_argument(
         "--scaling",
         type=_counts,

@@ -33,7 +33,8 @@ import psycopg
 from psycopg import sql
 
 from etl import db, reporting
-from etl.normalize import FIELD_KINDS, ROW_COLUMNS, Normalizer
+from etl.fields import FIELD_KINDS
+from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.simulator.data import CdrTable, generate, make_profile
 
 END = datetime(2026, 9, 30, 23, 50)  # naive UTC: "this month" of the data is September 2026

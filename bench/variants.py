@@ -29,10 +29,11 @@ import orjson
 import psycopg
 from common import simulator_accounts
 
-from etl import db, memory, passes, pipeline
+from etl import db, memory, passes, payload, pipeline
 from etl.client import ApiClient, Page
 from etl.config import Secret, Settings
-from etl.normalize import API_KEYS, FIELD_KINDS, FIELDS, ROW_COLUMNS, Normalizer
+from etl.fields import API_KEYS, FIELD_KINDS, FIELDS
+from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.retry import RetryPolicy
 from etl.windows import Window, plan_windows
 
@@ -87,7 +88,7 @@ def copy_into_cdr(args: dict[str, Any]) -> int:
     """The speed of light into the real table: COPY as received into ``cdr`` itself (its
     indexes, the raw payload as JSONB), no normalisation, no upsert: what the schema costs."""
     client = _client(args)
-    full_raw = args.get("raw_payload", "full") == "full"
+    mode = args.get("raw_payload", payload.COMPACT)
     rows = 0
     copy_sql = f"COPY cdr ({', '.join(FIELDS)}, api_login, raw) FROM STDIN"
     with psycopg.connect(args["db_url"]) as conn:
@@ -99,10 +100,19 @@ def copy_into_cdr(args: dict[str, Any]) -> int:
                     for record in page.records:
                         if record.get("setup_time") == shared:
                             continue
-                        raw = orjson.dumps(record).decode() if full_raw else "{}"
+                        raw = orjson.dumps(_stored_payload(record, mode)).decode()
                         copy.write_row([*(record.get(key) for key in API_KEYS), args["login"], raw])
                     rows += len(page.records)
     return rows
+
+
+def _stored_payload(record: dict[str, Any], mode: str) -> Any:
+    """What ``cdr.raw`` keeps of ``record`` in ``mode`` (see etl/payload.py)."""
+    if mode == payload.FULL:
+        return record
+    if mode == payload.COMPACT:
+        return payload.compact(record, utc=True)
+    return {key: value for key, value in record.items() if key not in API_KEYS}
 
 
 def naive_upsert(args: dict[str, Any]) -> int:
@@ -112,7 +122,8 @@ def naive_upsert(args: dict[str, Any]) -> int:
     from etl.schema import cdr
 
     client = _client(args)
-    normalizer = Normalizer(args["login"], ZoneInfo("UTC"), args.get("raw_payload", "full"))
+    mode = args.get("raw_payload", payload.COMPACT)
+    normalizer = Normalizer(args["login"], ZoneInfo("UTC"), mode)
     statement = insert(cdr)
     statement = statement.on_conflict_do_update(
         index_elements=[cdr.c.i_cdr],
@@ -146,7 +157,7 @@ def _job(args: dict[str, Any], **settings: Any) -> pipeline.Job:
         "database_url": Secret(args["db_url"]),
         "page_size": args["page_size"],
         "window": timedelta(seconds=args["window_seconds"]),
-        "raw_payload": args.get("raw_payload", "full"),
+        "raw_payload": args.get("raw_payload", payload.COMPACT),
     }
     return pipeline.Job(
         client=_client(args),

@@ -18,11 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from etl import payload
 from etl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://api.telecomsxchange.com/buyers/callhistory"
-RAW_PAYLOAD_MODES = ("full", "extra")
 
 
 class Secret:
@@ -76,7 +76,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     max_pages_per_window: int = 100_000
-    raw_payload: str = "full"
+    raw_payload: str = payload.COMPACT  # what cdr.raw keeps: etl/payload.py
     embedded_dir: Path | None = None
     embedded_port: int = 54329
     configured_accounts: tuple[Account, ...] = ()
@@ -212,8 +212,8 @@ def _timezone(text: str) -> ZoneInfo:
 
 
 def _raw_payload(text: str) -> str:
-    if text not in RAW_PAYLOAD_MODES:
-        raise ValueError("must be one of " + ", ".join(RAW_PAYLOAD_MODES))
+    if text not in payload.MODES:
+        raise ValueError("must be one of " + ", ".join(payload.MODES))
     return text
 
 

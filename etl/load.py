@@ -45,7 +45,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from etl.normalize import FIELDS, ROW_COLUMNS
+from etl.fields import FIELDS
+from etl.normalize import ROW_COLUMNS
 
 STAGE = "stage_cdr"
 DATA_COLUMNS: tuple[str, ...] = ROW_COLUMNS  # fields + api_login + raw

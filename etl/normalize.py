@@ -31,7 +31,20 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from etl import payload
 from etl.errors import InvalidRecordError
+from etl.fields import (
+    API_KEY_SET,
+    API_KEYS,
+    BIGINT,
+    COUNT,
+    DECIMAL,
+    FIELD_KINDS,
+    FIELDS,
+    TEXT,
+    TIME,
+    ZERO_TIMES,
+)
 from etl.pgtext import (
     NULL,
     PLAIN_FLOAT,
@@ -48,7 +61,6 @@ BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
 MAX_DECIMAL_DIGITS = 30
 MAX_DECIMAL_SCALE = 12
-ZERO_TIMES = frozenset({"0000-00-00 00:00:00", "0000-00-00"})
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
 
@@ -114,55 +126,12 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-@dataclass(frozen=True)
-class Field:
-    """One documented API field: its column name and how to convert it."""
-
-    name: str
-    convert: Callable[[Any], Any]
-
-
-TEXT, BIGINT, COUNT, DECIMAL, TIME = "text", "bigint", "count", "decimal", "time"
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     TEXT: _text,
     BIGINT: _bigint,
     COUNT: _count,
     DECIMAL: _decimal,
 }
-
-# Every documented field, in column order. Column names are the API's names in lower case.
-FIELD_KINDS: dict[str, str] = {
-    "i_cdr": BIGINT,
-    "cld": TEXT,
-    "cli": TEXT,
-    "call_id": TEXT,
-    "duration": COUNT,
-    "billed_duration": COUNT,
-    "connect_time": TIME,
-    "disconnect_time": TIME,
-    "setup_time": TIME,
-    "billing_prefix": TEXT,
-    "billing_price_1": DECIMAL,
-    "billing_price_n": DECIMAL,
-    "billing_interval_1": COUNT,
-    "billing_interval_n": COUNT,
-    "customer_amount": DECIMAL,
-    "i_customer": BIGINT,
-    "i_account": BIGINT,
-    "i_vendor": BIGINT,
-    "i_connection": BIGINT,
-    "i_purchased_route": BIGINT,
-    "disconnect_code": COUNT,
-    "customer_ip": TEXT,
-    "i_rate": BIGINT,
-    "vendor_name": TEXT,
-    "account_name": TEXT,
-    "connection_name": TEXT,
-    "disconnect_reason": TEXT,
-    "country_name": TEXT,
-    "description": TEXT,
-}
-FIELDS: tuple[str, ...] = tuple(FIELD_KINDS)
 # Columns of a normalised row: the documented fields, the account, the raw payload.
 ROW_COLUMNS: tuple[str, ...] = (*FIELDS, "api_login", "raw")
 
@@ -170,10 +139,13 @@ ROW_COLUMNS: tuple[str, ...] = (*FIELDS, "api_login", "raw")
 class Normalizer:
     """Turns raw records of one account into rows of ROW_COLUMNS; holds no state per row."""
 
-    def __init__(self, api_login: str, tz: ZoneInfo, raw_payload: str = "full") -> None:
+    def __init__(self, api_login: str, tz: ZoneInfo, raw_payload: str = payload.COMPACT) -> None:
+        if raw_payload not in payload.MODES:
+            raise ValueError(f"unknown raw payload mode {raw_payload!r}")
         self.api_login = api_login
         self.tz = tz
-        self.keep_full_raw = raw_payload == "full"
+        self.raw_payload = raw_payload
+        self._utc = tz.key in payload.UTC_ZONES
         self._login_text = copy_escape(api_login)
         # "YYYY-MM-DD HH" (local) -> the UTC offset text every second of that hour has, or ""
         # when the hour cannot take the fast path (invalid, out of range, DST change inside).
@@ -189,7 +161,7 @@ class Normalizer:
         values = [self._convert(name, fields.get(name)) for name in FIELDS]
         if values[0] == 0:
             raise InvalidRecordError("i_cdr is 0")
-        raw = record if self.keep_full_raw else extra
+        raw = self._payload(record, extra)
         try:
             raw_json = orjson.dumps(raw).decode()
         except TypeError as exc:  # orjson refuses e.g. integers beyond 64 bits
@@ -197,6 +169,12 @@ class Normalizer:
         if "\\u0000" in raw_json:
             raise InvalidRecordError("payload contains a NUL character")
         return (*values, self.api_login, raw_json)
+
+    def _payload(self, record: dict[str, Any], extra: dict[str, Any]) -> Any:
+        """What ``cdr.raw`` keeps of ``record`` (see ``etl.payload``)."""
+        if self.raw_payload == payload.FULL:
+            return record
+        return payload.compact(record, self._utc) if self.raw_payload == payload.COMPACT else extra
 
     def _convert(self, name: str, value: Any) -> Any:
         if value is None or value == "":
@@ -251,7 +229,10 @@ class Normalizer:
         parts.append(self._login_text + "\t")
         if raws is not None:
             parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
-        elif self.keep_full_raw:  # the usual page: the payloads are the field columns
+        elif self.raw_payload == payload.COMPACT:  # the usual page: what the columns miss
+            texts = payload.page_texts(columns, self._utc, bad)
+            parts.append(texts if isinstance(texts, str) else _raw_copy_texts(texts, bad))
+        elif self.raw_payload == payload.FULL:  # the usual page: the fields are the payload
             json = [
                 v if p else _json_copy_texts(v, bad) for v, p in zip(columns, plain, strict=True)
             ]
@@ -304,7 +285,7 @@ class Normalizer:
                 raws.append({})
                 continue
             rows.append(tuple(map(fields.get, FIELDS)))
-            raws.append(record if self.keep_full_raw else extra)
+            raws.append(self._payload(record, extra))
         return list(zip(*rows, strict=True)), raws, bad
 
     def _time_column(self, values: Sequence[Any]) -> _Fast | None:
@@ -393,7 +374,7 @@ def _same_documented_keys(records: Sequence[Any]) -> tuple[str, ...] | None:
     if type(first) is not dict or len(first) != len(API_KEYS):
         return None
     keys = tuple(first)
-    if set(keys) != _API_KEY_SET or set(map(type, records)) != {dict}:
+    if set(keys) != API_KEY_SET or set(map(type, records)) != {dict}:
         return None
     return keys if all(map(keys.__eq__, map(tuple, records))) else None
 
@@ -427,9 +408,6 @@ _SEP = "\x1f"  # joins a column's values for the pattern checks (no pattern matc
 _HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}")
 _HEAD = operator.itemgetter(slice(0, 13))  # "YYYY-MM-DD HH"
 _MAX_CACHED = 100_000  # entries of the hour-offset and float-text caches
-# The API spells two documented fields in upper case.
-API_KEYS = tuple({"cld": "CLD", "cli": "CLI"}.get(name, name) for name in FIELDS)
-_API_KEY_SET = frozenset(API_KEYS)
 _NULL_ROW: tuple[Any, ...] = (None,) * len(FIELDS)
 _FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
 

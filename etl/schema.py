@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
 
-from etl.normalize import BIGINT, COUNT, DECIMAL, FIELD_KINDS, TIME
+from etl.fields import BIGINT, COUNT, DECIMAL, FIELD_KINDS, TIME
 
 metadata = MetaData(
     naming_convention={

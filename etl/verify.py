@@ -31,7 +31,8 @@ from sqlalchemy import Engine
 
 from etl import load, window_sync
 from etl.db import database_errors
-from etl.normalize import FIELDS, Normalizer
+from etl.fields import FIELDS
+from etl.normalize import Normalizer
 from etl.windows import Window, plan_windows
 
 TIME_FIELDS = ("setup_time", "connect_time", "disconnect_time")

@@ -23,7 +23,8 @@ from sqlalchemy import Engine
 from etl import load
 from etl.client import ApiClient
 from etl.config import Settings
-from etl.normalize import FIELDS, ROW_COLUMNS, Normalizer
+from etl.fields import FIELDS
+from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.pagination import OffsetPaginator, distinct_count, page_digest
 from etl.simulator import Simulator, SimulatorConfig
 from etl.windows import plan_windows

@@ -120,7 +120,7 @@ def test_another_call_id_committed_meanwhile_is_a_conflict(
     conflicts = _rows(
         database_url,
         "SELECT i_cdr, api_login, kept_call_id, incoming_call_id, stored_payload->>'call_id',"
-        " incoming_payload->>'call_id', incoming_payload->'raw'->>'customer_amount'"
+        " incoming_payload->>'call_id', incoming_payload->>'customer_amount'"
         " FROM cdr_conflict",
     )
     assert conflicts == [
@@ -157,7 +157,7 @@ def test_a_conflict_met_in_the_race_is_the_last_staged_row(database_url: str) ->
     assert _counts(merged_b) == (1, 1, 0, 0, 2)
     conflicts = _rows(
         database_url,
-        "SELECT kept_call_id, incoming_call_id, incoming_payload->'raw'->>'customer_amount'"
+        "SELECT kept_call_id, incoming_call_id, incoming_payload->>'customer_amount'"
         " FROM cdr_conflict ORDER BY incoming_call_id",
     )
     assert conflicts == [

@@ -326,7 +326,8 @@ def test_hostile_records_load_exactly_or_are_rejected(
         summary = pipeline.backfill(engine, make_job(settings), start, start + timedelta(days=1))
         assert summary.ok, summary.failures
         with engine.connect() as conn:
-            stored = {r[0]: r[1] for r in conn.execute(text("SELECT i_cdr, raw FROM cdr"))}
+            query = text("SELECT i_cdr, api_record(c) FROM cdr c")  # the record as the API sent it
+            stored = {r[0]: r[1] for r in conn.execute(query)}
             rejects = {r[0]: r[1] for r in conn.execute(text("SELECT raw, reason FROM cdr_reject"))}
         for record in base:
             assert stored[int(record["i_cdr"])] == record, "a good record was lost or altered"
@@ -343,6 +344,7 @@ def test_hostile_records_load_exactly_or_are_rejected(
                 assert rejects.get(raw), f"{record!r} was neither loaded nor rejected"
             else:
                 assert _typed_row(engine, row[0]) == row[:-1], f"{record!r} did not load exactly"
+                assert stored[row[0]] == record, f"{record!r} is not what api_record gives back"
 
 
 def _typed_row(engine: Engine, i_cdr: int) -> tuple[Any, ...]:
