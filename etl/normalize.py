@@ -220,17 +220,19 @@ class Normalizer:
         columns, raws, bad = self._field_columns(records)
         parts: list[str | Sequence[str]] = []  # a line: constant texts and per-record columns
         plain: list[bool] = []  # per field: are its values plain JSON strings?
+        rebuilt: list[str] = []  # per field: which values api_record rebuilds (etl.payload)
         for (name, kind), values in zip(FIELD_KINDS.items(), columns, strict=True):
             found = _FAST_COLUMNS[kind](values) if kind != TIME else self._time_column(values)
             if found is None or (name == "i_cdr" and not _positive_ids(found[0])):
-                found = self._exact_column(name, values, bad), "", False
+                found = self._exact_column(name, values, bad), "", False, payload.CHECK
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
+            rebuilt.append(payload.column_state(name, found[3]))
         parts.append(self._login_text + "\t")
         if raws is not None:
             parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
         elif self.raw_payload == payload.COMPACT:  # the usual page: what the columns miss
-            texts = payload.page_texts(columns, self._utc, bad)
+            texts = payload.page_texts(columns, rebuilt, self._utc, bad)
             parts.append(texts if isinstance(texts, str) else _raw_copy_texts(texts, bad))
         elif self.raw_payload == payload.FULL:  # the usual page: the fields are the payload
             json = [
@@ -305,10 +307,11 @@ class Normalizer:
         if "" in suffixes:
             return None
         plain = None not in values
+        state = payload.present_state(full) if self._utc else payload.CHECK
         if len(suffixes) == 1 and full:  # one offset for the whole column
-            return values, suffixes.pop(), plain
+            return values, suffixes.pop(), plain, state
         texts = list(map(operator.add, present, map(offsets.__getitem__, heads)))
-        return _with_nulls(values, texts), "", plain
+        return _with_nulls(values, texts), "", plain, state
 
     def _hour_offset(self, head: str) -> str:
         """The offset text shared by every second of local hour ``head``, or ""."""
@@ -412,9 +415,10 @@ _NULL_ROW: tuple[Any, ...] = (None,) * len(FIELDS)
 _FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
 
 
-# A column that passed its fast check: its COPY texts, a suffix every one of them takes, and
-# whether its values are plain JSON strings (each goes into the payload as it is, quoted).
-_Fast = tuple[Sequence[str], str, bool]
+# A column that passed its fast check: its COPY texts, a suffix every one of them takes,
+# whether its values are plain JSON strings (each goes into the payload as it is, quoted), and
+# which of them api_record rebuilds from the column (a state of etl.payload).
+_Fast = tuple[Sequence[str], str, bool, str]
 
 
 def _present_strings(values: Sequence[Any], pattern: re.Pattern[str]) -> tuple[Any, bool]:
@@ -447,7 +451,7 @@ def _text_column(values: Sequence[Any]) -> _Fast | None:
     if len(joined) > MAX_TEXT and max(map(len, present)) > MAX_TEXT:
         return None
     plain = present is values and '"' not in joined
-    return _nulled(values, full), "", plain
+    return _nulled(values, full), "", plain, payload.present_state(full)
 
 
 def _integer_column(pattern: re.Pattern[str], high: int) -> Callable[[Sequence[Any]], _Fast | None]:
@@ -455,12 +459,12 @@ def _integer_column(pattern: re.Pattern[str], high: int) -> Callable[[Sequence[A
         present, full = _present_strings(values, pattern)
         if present is not None:
             texts = _nulled(values, full)
-            return texts, "", None not in values
+            return texts, "", None not in values, payload.strings_state(present, full)
         if set(map(type, values)) != {int}:  # JSON numbers (bool is another type)
             return None
         if min(values) < 0 or max(values) > high:
             return None
-        return list(map(str, values)), "", False
+        return list(map(str, values)), "", False, payload.NUMBERS
 
     return check
 
@@ -468,11 +472,11 @@ def _integer_column(pattern: re.Pattern[str], high: int) -> Callable[[Sequence[A
 def _decimal_column(values: Sequence[Any]) -> _Fast | None:
     present, full = _present_strings(values, _DECIMALS)
     if present is not None:
-        return _nulled(values, full), "", None not in values
+        return _nulled(values, full), "", None not in values, payload.strings_state(present, full)
     if set(map(type, values)) != {float}:
         return None
-    texts = _float_texts(values)  # as repr(), like the reference
-    return None if texts is None else (texts, "", False)
+    texts = _float_texts(values)  # as repr(), like the reference: plain decimals, no -0.0
+    return None if texts is None else (texts, "", False, payload.NUMBERS)
 
 
 def _json_copy_texts(values: Sequence[Any], bad: set[int]) -> list[str]:

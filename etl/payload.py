@@ -58,13 +58,8 @@ def _one(item: str) -> re.Pattern[str]:
     return re.compile(f"(?:{item})")
 
 
-def _repeated(item: str) -> re.Pattern[str]:
-    return re.compile(f"(?:{item})(?:{_SEP}(?:{item}))*")
-
-
 _PATTERNS = {BIGINT: _one(_INTEGER), COUNT: _one(_INTEGER), TIME: _one(_TIME)}
-_COLUMN_PATTERNS = {BIGINT: _repeated(_INTEGER), COUNT: _repeated(_INTEGER), TIME: _repeated(_TIME)}
-_DECIMAL_RE, _DECIMALS_RE = _one(_DECIMAL), _repeated(_DECIMAL)
+_DECIMAL_RE = _one(_DECIMAL)
 
 
 def rebuilt(name: str, value: Any, utc: bool) -> bool:
@@ -98,23 +93,63 @@ def compact(record: dict[str, Any], utc: bool) -> Any:
     }
 
 
-def page_texts(columns: Sequence[Sequence[Any]], utc: bool, bad: set[int]) -> str | list[str]:
+# Which values of a column ``api_record`` rebuilds, as the page path's fast checks found them:
+# every one; every one but the NULLs ('' and null); or ask ``rebuilt`` value by value. NUMBERS:
+# the values are JSON numbers (rebuilt only in NUMBER_FIELDS), turned into one of the three by
+# ``column_state``.
+ALL, NULLS, CHECK, NUMBERS = "all", "nulls", "check", "numbers"
+# A plain-decimal string (as the fast checks accept them) that a column prints otherwise: a
+# leading zero, or a negative zero; searched in the values joined between separators (a
+# literal first character lets the search skip ahead at C speed).
+_LEADING_ZERO = re.compile(f"{_SEP}-?0[0-9]")
+_NEGATIVE_ZERO = re.compile(f"{_SEP}-0(?:\\.0+)?{_SEP}")
+
+
+def present_state(full: bool) -> str:
+    """The state of a column whose present values are all rebuilt; ``full``: none is NULL."""
+    return ALL if full else NULLS
+
+
+def strings_state(present: Sequence[str], full: bool) -> str:
+    """The state of a column of digit strings (optionally signed, with a fraction)."""
+    joined = _SEP + _SEP.join(present) + _SEP
+    if _LEADING_ZERO.search(joined) or ("-" in joined and _NEGATIVE_ZERO.search(joined)):
+        return CHECK
+    return present_state(full)
+
+
+def column_state(name: str, state: str) -> str:
+    """``state`` for field ``name``: the API sends prices as numbers, the rest as strings."""
+    if name in NUMBER_FIELDS:
+        return ALL if state == NUMBERS else CHECK
+    return CHECK if state == NUMBERS else state
+
+
+def page_texts(
+    columns: Sequence[Sequence[Any]], states: Sequence[str], utc: bool, bad: set[int]
+) -> str | list[str]:
     """The ``compact`` payloads (jsonb text) of a page whose records hold exactly the
-    documented fields, from its columns (in API_KEYS order): the constant ``{}`` when every
-    value is rebuilt, else one text per record. A payload orjson would refuse to store puts
-    its record in ``bad`` (``normalize`` then says why)."""
+    documented fields, from its columns (in API_KEYS order) and their states: the constant
+    ``{}`` when every value is rebuilt, else one text per record. A payload orjson would
+    refuse to store puts its record in ``bad`` (``normalize`` then says why)."""
     kept: dict[int, list[tuple[str, Any]]] = {}
-    for key, name, values in zip(API_KEYS, FIELDS, columns, strict=True):
-        if not _all_rebuilt(name, values, utc):
-            for index, value in enumerate(values):
-                if not rebuilt(name, value, utc):
-                    kept.setdefault(index, []).append((key, value))
+    odd: set[int] = set()  # records keeping a value other than a string or null
+    for key, name, values, state in zip(API_KEYS, FIELDS, columns, states, strict=True):
+        if state == ALL:
+            continue
+        if state == NULLS:  # strings and nulls: only '' and null are false
+            indexes = [index for index, value in enumerate(values) if not value]
+        else:
+            indexes = [n for n, value in enumerate(values) if not rebuilt(name, value, utc)]
+            odd.update(n for n in indexes if values[n] is not None and type(values[n]) is not str)
+        for index in indexes:
+            kept.setdefault(index, []).append((key, values[index]))
     if not kept:
         return "{}"
     texts = ["{}"] * len(columns[0])
     known: dict[tuple[tuple[str, Any], ...], str] = {}  # payloads of only nulls and strings
     for index, pairs in kept.items():
-        cacheable = all(value is None or type(value) is str for _, value in pairs)
+        cacheable = index not in odd
         frozen = tuple(pairs)
         text = known.get(frozen) if cacheable else None
         if text is None:
@@ -127,18 +162,3 @@ def page_texts(columns: Sequence[Sequence[Any]], utc: bool, bad: set[int]) -> st
                 known[frozen] = text
         texts[index] = text
     return texts
-
-
-def _all_rebuilt(name: str, values: Sequence[Any], utc: bool) -> bool:
-    """``rebuilt`` for every value of a column, with scans that run in C."""
-    types = set(map(type, values))
-    if name in NUMBER_FIELDS:
-        return types == {float} and _DECIMALS_RE.fullmatch(_SEP.join(map(repr, values))) is not None
-    if types != {str} or "" in values:
-        return False
-    kind = FIELD_KINDS[name]
-    if kind == TEXT:
-        return True
-    if kind == TIME and (not utc or not ZERO_TIMES.isdisjoint(values)):
-        return False
-    return _COLUMN_PATTERNS.get(kind, _DECIMALS_RE).fullmatch(_SEP.join(values)) is not None

@@ -3,6 +3,7 @@ PostgreSQL, exactly the record the ``full`` mode stores."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,11 +16,16 @@ from sqlalchemy import Engine
 
 from etl import payload, pipeline
 from etl.errors import InvalidRecordError
-from etl.fields import FIELDS
+from etl.fields import API_KEYS, BIGINT, COUNT, DECIMAL, FIELD_KINDS, FIELDS, TEXT, TIME
 from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.simulator import Simulator
 from tests.conftest import make_job, make_settings, sim_range, table_rows
-from tests.test_normalize import SAMPLE, json_values, records_of_every_kind
+from tests.test_normalize import (
+    SAMPLE,
+    _assert_page_matches_reference,
+    json_values,
+    records_of_every_kind,
+)
 
 _COLUMNS = ", ".join(ROW_COLUMNS)
 
@@ -122,6 +128,57 @@ def test_api_record_rebuilds_what_full_stores(
     for index, text in zip(_accepted(records, full.rejects), stored, strict=True):
         if index in by_record:  # (compact may also accept a price too long for orjson)
             assert by_record[index] == text
+
+
+# Valid values in the API's usual form and in every other form normalisation accepts, so that
+# whole columns pass the page path's fast checks with a few unusual values among them.
+_ids = st.integers(1, 10**15)
+_counts = st.integers(0, 10**6)
+_amounts = st.decimals(-1000, 1000, places=4) | st.decimals(0, 10, places=0)
+_moments = st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 31)).map(
+    lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S")
+)
+_VALID = {
+    BIGINT: _ids.map(str) | _ids.map(lambda n: f"0{n}") | _ids,
+    COUNT: _counts.map(str) | _counts.map(lambda n: f"00{n}") | st.sampled_from(["", None]),
+    DECIMAL: _amounts.map(str)
+    | _amounts.map(lambda d: f"0{d}".replace("0-", "-0"))
+    | st.floats(-1000, 1000).map(lambda f: round(f, 4))
+    | st.sampled_from(["-0.00", "-0", "", None]),
+    TIME: _moments | _moments.map(lambda text: text.replace(" ", "T")) | st.sampled_from([""]),
+    TEXT: st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1)
+    | st.sampled_from(["", None]),
+}
+_usual_records = st.fixed_dictionaries(
+    {key: _VALID[FIELD_KINDS[name]] for key, name in zip(API_KEYS, FIELDS, strict=True)}
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    records=st.lists(
+        _usual_records | st.sampled_from([dict(SAMPLE)]),
+        min_size=1,
+        max_size=8,
+    ),
+    zone=st.sampled_from(["UTC", "Europe/London"]),
+)
+def test_usual_pages_keep_exactly_what_is_not_rebuilt(
+    database_url: str, records: list[dict[str, Any]], zone: str
+) -> None:
+    """Pages in the API's shape whose columns mix usual and unusual valid values: the page
+    path keeps the reference's payloads, and api_record gives back each record."""
+    normalizer = Normalizer("b", ZoneInfo(zone), payload.COMPACT)
+    _assert_page_matches_reference(normalizer, records)
+    page = normalizer.normalize_page(records)
+    full = Normalizer("b", ZoneInfo(zone), payload.FULL).normalize_page(records)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rebuilt = _load(conn, page.copy_text, "api_record(ROW(t.*)::cdr)::text")
+        stored = _load(conn, full.copy_text, "raw::text")
+    assert page.rejects == full.rejects == []
+    assert rebuilt == stored
 
 
 def test_every_synced_cdr_rebuilds_to_the_api_record(sim: Simulator, engine: Engine) -> None:
