@@ -110,27 +110,36 @@ def _match(names: list[str]) -> str:
 def _write(target: str, fresh: str, key: str, values: tuple[str, ...], scope: str) -> str:
     """CTEs that make ``target`` equal ``fresh`` within ``scope``, writing only changes.
 
-    ``key`` is the unique key of ``target``, ``values`` every other column. Deleted rows (keys
-    gone) and upserted rows (new or changed values) have disjoint keys, so the two never meet.
+    ``key`` is the unique key of ``target``, ``values`` every other column. Rows whose key is
+    gone are deleted, new keys inserted, rows whose values changed updated: three disjoint
+    sets of keys. The insert is a plain one, not ``ON CONFLICT``: no other writer can add these
+    keys meanwhile (refreshes hold the per-day advisory locks, a rebuild the exclusive one),
+    and a speculative insert cost about twice as much per row (a first sync inserts most of
+    its hours' rows). Were that ever untrue, the unique key would fail the window loudly.
     """
     keys = key.split(", ")
-    updates = ", ".join(f"{m} = EXCLUDED.{m}" for m in values)
+    columns = ", ".join(f"t.{m}" for m in values), ", ".join(f"f.{m}" for m in values)
     return f"""
 gone_{target} AS (
     DELETE FROM {target} t WHERE {scope}
         AND NOT EXISTS (SELECT 1 FROM {fresh} f WHERE {_match(keys)})
     RETURNING 1
-), put_{target} AS (
+), new_{target} AS (
     INSERT INTO {target}
     SELECT * FROM {fresh} f
-    WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {scope} AND {_match([*keys, *values])})
-    ON CONFLICT ({key}) DO UPDATE SET {updates}
+    WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {scope} AND {_match(keys)})
+    RETURNING 1
+), put_{target} AS (
+    UPDATE {target} t SET {", ".join(f"{m} = f.{m}" for m in values)}
+    FROM {fresh} f
+    WHERE {scope} AND {_match(keys)} AND ({columns[0]}) IS DISTINCT FROM ({columns[1]})
     RETURNING 1
 )"""
 
 
 def _written(*targets: str) -> str:
-    return " + ".join(f"(SELECT count(*) FROM {w}_{t})" for t in targets for w in ("gone", "put"))
+    kinds = ("gone", "new", "put")
+    return " + ".join(f"(SELECT count(*) FROM {w}_{t})" for t in targets for w in kinds)
 
 
 _HOURLY_KEY = f"hour_start, {_KEY}, disconnect_code"
