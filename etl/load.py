@@ -37,6 +37,7 @@ occurrence wins" still holds across the window's pages.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,15 +50,17 @@ from etl.fields import FIELDS
 from etl.normalize import ROW_COLUMNS
 
 STAGE = "stage_cdr"
-DATA_COLUMNS: tuple[str, ...] = ROW_COLUMNS  # fields + api_login + raw
+DATA_COLUMNS: tuple[str, ...] = ROW_COLUMNS  # fields + api_login + payload_digest + raw
 _COMPARED = DATA_COLUMNS
 _TYPED = DATA_COLUMNS[:-1]  # all but raw
+_VALUES = tuple(name for name in _TYPED if name != "payload_digest")  # what a row says
 # ``stage_text`` stages the payload as text, in jsonb's output form (see etl.pgtext): it is
 # compared with ``cdr.raw::text`` and cast to jsonb only for the rows that are written.
-_COPY_TEXT = f"COPY {STAGE} ({', '.join(FIELDS)}, api_login, raw_text) FROM STDIN"
+_COPY_TEXT = f"COPY {STAGE} ({', '.join(FIELDS)}, api_login, payload_digest, raw_text) FROM STDIN"
 _STAGED_RAW = "coalesce(s.raw, s.raw_text::jsonb)"
-_COPY_DIRECT = f"COPY cdr ({', '.join(FIELDS)}, api_login, raw) FROM STDIN"
+_COPY_DIRECT = f"COPY cdr ({', '.join(ROW_COLUMNS)}) FROM STDIN"
 _ANY_STORED = "SELECT EXISTS (SELECT FROM cdr WHERE i_cdr BETWEEN %s AND %s)"
+_DIGESTS = "SELECT i_cdr, payload_digest FROM cdr WHERE i_cdr = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -105,31 +108,55 @@ def stage_text(conn: psycopg.Connection[Any], copy_text: str) -> None:
         copy.write(copy_text)
 
 
-def id_range(records: Sequence[Any]) -> tuple[int, int] | None:
-    """The lowest and highest i_cdr of a page whose records all carry a distinct one (as
-    digits); None for any other page (it is staged)."""
+def distinct_ids(records: Sequence[Any]) -> list[int] | None:
+    """The i_cdr of a page whose records all carry a distinct one (as digits), in page order;
+    None for any other page (it is staged)."""
     try:
         ids = [int(record["i_cdr"]) for record in records]
     except (TypeError, KeyError, ValueError):
         return None
     if not ids or len(set(ids)) != len(ids):
         return None
-    return min(ids), max(ids)
+    return ids
+
+
+def id_range(records: Sequence[Any]) -> tuple[int, int] | None:
+    """The lowest and highest of ``distinct_ids``, or None."""
+    ids = distinct_ids(records)
+    return None if ids is None else (min(ids), max(ids))
+
+
+def any_stored(conn: psycopg.Connection[Any], ids: tuple[int, int]) -> bool:
+    """Whether any i_cdr between ``ids`` (inclusive) is stored: one primary-key range probe."""
+    with conn.cursor() as cur:
+        cur.execute(_ANY_STORED, ids)
+        found = cur.fetchone()
+    return found is None or bool(found[0])
+
+
+def held_alike(conn: psycopg.Connection[Any], ids: Sequence[int], digests: Sequence[bytes]) -> bool:
+    """Whether each i_cdr of ``ids`` is stored with the matching ``payload_digest`` (then
+    loading the page again would write nothing: see etl.rowdigest)."""
+    with conn.cursor() as cur:
+        cur.execute(_DIGESTS, (list(ids),))
+        stored = dict(cur.fetchall())
+    return len(stored) == len(ids) and all(map(operator.eq, map(stored.get, ids), digests))
 
 
 def append_direct(conn: psycopg.Connection[Any], copy_text: str, ids: tuple[int, int]) -> bool:
     """COPY a page's lines (``stage_text``'s format) straight into ``cdr`` if none of the
     i_cdr in ``ids`` is stored; False, with nothing written, when the page must be staged."""
-    with conn.cursor() as cur:
-        cur.execute(_ANY_STORED, ids)
-        found = cur.fetchone()
-        if found is None or found[0]:
-            return False
-        try:
-            with conn.transaction(), cur.copy(_COPY_DIRECT) as copy:  # a savepoint
-                copy.write(copy_text)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
-            return False  # another open window holds one of these rows: stage the page
+    return not any_stored(conn, ids) and copy_direct(conn, copy_text)
+
+
+def copy_direct(conn: psycopg.Connection[Any], copy_text: str) -> bool:
+    """COPY a page of rows none of which is stored (as far as this transaction sees) straight
+    into ``cdr``; False, with nothing written, when another open window holds one of them."""
+    try:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_DIRECT) as copy:
+            copy.write(copy_text)  # (under a savepoint)
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+        return False  # another open window holds one of these rows: stage the page
     return True
 
 
@@ -181,7 +208,7 @@ def _columns(prefix: str = "", names: Sequence[str] = DATA_COLUMNS) -> str:
 
 # A conflict's incoming payload: the staged row ``s`` as a ``cdr`` row (jsonb).
 _STAGED_PAYLOAD = (
-    "to_jsonb(s) - 'seq' - 'loaded_at' - 'updated_at' - 'raw_text'"
+    "to_jsonb(s) - 'seq' - 'loaded_at' - 'updated_at' - 'raw_text' - 'payload_digest'"
     f" || jsonb_build_object('raw', {_STAGED_RAW})"
 )
 
@@ -202,6 +229,13 @@ _RECORD_CONFLICTS = """bad AS (
            stored_payload, incoming_payload, payload_digest, %(run_id)s FROM bad
     ON CONFLICT (i_cdr, payload_digest) DO NOTHING
 )"""
+
+# The stored row says what the incoming one says (only its digest differs, e.g. after an
+# upgrade): the upsert writes the new digest but keeps ``updated_at``.
+_SAME_VALUES = (
+    f"({_columns('cdr.', _VALUES)}, cdr.raw)"
+    f" IS NOT DISTINCT FROM ({_columns('EXCLUDED.', _VALUES)}, EXCLUDED.raw)"
+)
 
 # One statement (one snapshot). Two ways through it, chosen inside it:
 # - append: every staged i_cdr is staged once and none is stored (one index range probe
@@ -230,19 +264,20 @@ WITH span AS MATERIALIZED (
     SELECT s.seq, s.i_cdr, s.call_id, c.call_id AS stored_call_id, c.i_cdr IS NOT NULL AS stored,
            c.api_login IS DISTINCT FROM s.api_login AND c.i_cdr IS NOT NULL AS foreign_login,
            c.i_cdr IS NOT NULL
-           AND ({_columns("c.", _TYPED)}) IS NOT DISTINCT FROM ({_columns("s.", _TYPED)})
+           AND ({_columns("c.", _VALUES)}) IS NOT DISTINCT FROM ({_columns("s.", _VALUES)})
            AND CASE WHEN s.raw_text IS NULL THEN c.raw = s.raw
-                    ELSE c.raw::text = s.raw_text END AS unchanged
+                    ELSE c.raw::text = s.raw_text END AS unchanged,
+           c.payload_digest IS NOT DISTINCT FROM s.payload_digest AS same_digest
     FROM {STAGE} s
     LEFT JOIN LATERAL (SELECT * FROM cdr WHERE cdr.i_cdr = s.i_cdr OFFSET 0) c ON true
     WHERE NOT (SELECT yes FROM append)
 ), keyed AS MATERIALIZED (
-    SELECT seq, i_cdr, call_id, unchanged, foreign_login,
+    SELECT seq, i_cdr, call_id, unchanged, same_digest, foreign_login,
            CASE WHEN stored THEN stored_call_id
                 ELSE first_value(call_id) OVER (PARTITION BY i_cdr ORDER BY seq) END AS kept_call_id
     FROM joined
 ), latest AS MATERIALIZED (
-    SELECT DISTINCT ON (i_cdr) seq, unchanged
+    SELECT DISTINCT ON (i_cdr) seq, i_cdr, unchanged, unchanged AND same_digest AS untouched
     FROM keyed WHERE call_id IS NOT DISTINCT FROM kept_call_id AND NOT foreign_login
     ORDER BY i_cdr, seq DESC
 ), incoming AS (
@@ -254,29 +289,30 @@ WITH span AS MATERIALIZED (
 ), {_RECORD_CONFLICTS}, upserted AS (
     INSERT INTO cdr ({_columns()})
     SELECT {_columns("s.", _TYPED)}, {_STAGED_RAW} FROM latest l JOIN {STAGE} s ON s.seq = l.seq
-    WHERE NOT l.unchanged
+    WHERE NOT l.untouched
     UNION ALL
     SELECT {_columns("s.", _TYPED)}, {_STAGED_RAW} FROM {STAGE} s WHERE (SELECT yes FROM append)
     ON CONFLICT (i_cdr) DO UPDATE SET
         {", ".join(f"{name} = EXCLUDED.{name}" for name in DATA_COLUMNS if name != "i_cdr")},
-        updated_at = now()
+        updated_at = CASE WHEN {_SAME_VALUES} THEN cdr.updated_at ELSE now() END
     WHERE ({_columns("cdr.", _COMPARED)}) IS DISTINCT FROM ({_columns("EXCLUDED.", _COMPARED)})
       AND cdr.call_id IS NOT DISTINCT FROM EXCLUDED.call_id AND cdr.api_login = EXCLUDED.api_login
     RETURNING i_cdr, (xmax = 0) AS inserted
 ), tally AS (
     SELECT l.keys + a.appended AS candidates, l.changed + a.appended AS attempted
-    FROM (SELECT count(*) AS keys, count(*) FILTER (WHERE NOT unchanged) AS changed
+    FROM (SELECT count(*) AS keys, count(*) FILTER (WHERE NOT untouched) AS changed
           FROM latest) l,
          (SELECT CASE WHEN yes THEN staged ELSE 0 END AS appended FROM append) a
 ), written AS (
-    SELECT count(*) FILTER (WHERE inserted) AS inserted,
-           count(*) FILTER (WHERE NOT inserted) AS updated
-    FROM upserted
+    SELECT count(*) FILTER (WHERE u.inserted) AS inserted,
+           count(*) FILTER (WHERE NOT u.inserted AND NOT coalesce(l.unchanged, false)) AS updated,
+           count(*) FILTER (WHERE NOT u.inserted AND coalesce(l.unchanged, false)) AS restamped
+    FROM upserted u LEFT JOIN latest l ON l.i_cdr = u.i_cdr
 )
 SELECT t.candidates, (SELECT count(*) FROM bad), w.inserted, w.updated,
-       CASE WHEN t.attempted > w.inserted + w.updated THEN ARRAY(
+       CASE WHEN t.attempted > w.inserted + w.updated + w.restamped THEN ARRAY(
            SELECT s.seq FROM {STAGE} s
-           WHERE ((SELECT yes FROM append) OR s.seq IN (SELECT seq FROM latest WHERE NOT unchanged))
+           WHERE ((SELECT yes FROM append) OR s.seq IN (SELECT seq FROM latest WHERE NOT untouched))
              AND NOT EXISTS (SELECT FROM upserted u WHERE u.i_cdr = s.i_cdr)
        ) END
 FROM tally t, written w

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from etl import payload
+from etl import payload, rowdigest
 from etl.errors import InvalidRecordError
 from etl.fields import (
     API_KEY_SET,
@@ -133,7 +133,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     DECIMAL: _decimal,
 }
 # Columns of a normalised row: the documented fields, the account, the raw payload.
-ROW_COLUMNS: tuple[str, ...] = (*FIELDS, "api_login", "raw")
+# (payload_digest: see etl.rowdigest.)
+ROW_COLUMNS: tuple[str, ...] = (*FIELDS, "api_login", "payload_digest", "raw")
 
 
 class Normalizer:
@@ -146,6 +147,7 @@ class Normalizer:
         self.tz = tz
         self.raw_payload = raw_payload
         self._utc = tz.key in payload.UTC_ZONES
+        self._digester = rowdigest.Digester(api_login, tz.key, raw_payload)
         self._login_text = copy_escape(api_login)
         # "YYYY-MM-DD HH" (local) -> the UTC offset text every second of that hour has, or ""
         # when the hour cannot take the fast path (invalid, out of range, DST change inside).
@@ -168,7 +170,7 @@ class Normalizer:
             raise InvalidRecordError(f"payload cannot be stored as JSON: {exc}") from None
         if "\\u0000" in raw_json:
             raise InvalidRecordError("payload contains a NUL character")
-        return (*values, self.api_login, raw_json)
+        return (*values, self.api_login, self._digester.digest(record), raw_json)
 
     def _payload(self, record: dict[str, Any], extra: dict[str, Any]) -> Any:
         """What ``cdr.raw`` keeps of ``record`` (see ``etl.payload``)."""
@@ -212,7 +214,13 @@ class Normalizer:
             raise ValueError(f"is out of range: {_preview(value)}")
         return aware
 
-    def normalize_page(self, records: Sequence[Any]) -> NormalizedPage:
+    def digests(self, records: Sequence[Any]) -> list[bytes]:
+        """Each record's ``payload_digest`` (see ``etl.rowdigest``)."""
+        return self._digester.digests(records)
+
+    def normalize_page(
+        self, records: Sequence[Any], digests: Sequence[bytes] | None = None
+    ) -> NormalizedPage:
         """The page's rows as COPY text lines (in page order) and its rejects with reasons."""
         count = len(records)
         if count == 0:
@@ -228,7 +236,8 @@ class Normalizer:
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
             rebuilt.append(payload.column_state(name, found[3]))
-        parts.append(self._login_text + "\t")
+        parts += [self._login_text + "\t", rowdigest.copy_texts(digests or self.digests(records))]
+        parts.append("\t")
         if raws is not None:
             parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
         elif self.raw_payload == payload.COMPACT:  # the usual page: what the columns miss
@@ -356,8 +365,8 @@ class Normalizer:
     def _typed_line(self, row: Sequence[Any]) -> str:
         """One row of ``normalize`` as a COPY text line."""
         fields = map(_typed_text, FIELD_KINDS.values(), row)
-        raw = jsonb_text(orjson.loads(row[len(FIELDS) + 1]))
-        return "\t".join((*fields, self._login_text, copy_escape(raw)))
+        digest, raw = rowdigest.copy_texts([row[-2]])[0], jsonb_text(orjson.loads(row[-1]))
+        return "\t".join((*fields, self._login_text, digest, copy_escape(raw)))
 
 
 @dataclass(frozen=True)

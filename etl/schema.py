@@ -35,6 +35,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Table,
@@ -83,6 +84,8 @@ cdr = Table(
     *_field_columns(),
     Column("api_login", Text, nullable=False),
     Column("raw", JSONB, nullable=False),
+    # What the row was made from (etl.rowdigest): lets a re-sync skip pages it already holds.
+    Column("payload_digest", LargeBinary),
     _now(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Every index is paid for by each row loaded (migration 0004 says which went and why): a

@@ -151,16 +151,26 @@ def load_window(
 ) -> Counts:
     """Normalise every page of ``window`` (fetched here, or handed over by a fetch-ahead
     thread as ``pages``) and load it: pages of new rows straight into ``cdr``, the others
-    staged and merged (see ``etl.load``); no commit here."""
+    staged and merged (see ``etl.load``); no commit here. A page whose every record is stored
+    with its digest (``etl.rowdigest``), before any page was staged, is counted unchanged
+    as it is: a re-sync of unchanged data neither normalises nor writes."""
     settings = job.settings
     normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
     counts = Counts()
     staging = False  # once a page is staged, the rest are too (the last occurrence wins)
     for records in fetch_window(job, window) if pages is None else pages:
         job.check_stop(f"account {job.api_login}, window {window}")
-        normalized = normalizer.normalize_page(records)  # COPY text; PostgreSQL casts
-        ids = None if staging or normalized.rejects else load.id_range(records)
-        if ids is not None and load.append_direct(conn, normalized.copy_text, ids):
+        counts.pages += 1
+        counts.rows_fetched += len(records)
+        ids = None if staging else load.distinct_ids(records)
+        digests = normalizer.digests(records)
+        stored = ids is not None and load.any_stored(conn, (min(ids), max(ids)))
+        if stored and load.held_alike(conn, ids or (), digests):
+            counts.unchanged += len(records)  # held as they are: nothing to normalise or write
+            continue
+        normalized = normalizer.normalize_page(records, digests)  # COPY text; PostgreSQL casts
+        direct = ids is not None and not stored and not normalized.rejects
+        if direct and load.copy_direct(conn, normalized.copy_text):
             counts.inserted += normalized.rows  # new rows: straight into cdr
         elif normalized.rows:
             if not staging:
@@ -168,13 +178,12 @@ def load_window(
                 staging = True
             load.stage_text(conn, normalized.copy_text)
         rejects = [make_reject(job.api_login, record, why) for record, why in normalized.rejects]
-        counts.pages += 1
-        counts.rows_fetched += len(records)
         counts.rejected += load.save_rejects(conn, rejects, run_id, (window.start, window.end))
     if staging:
         merged = load.merge(conn, run_id)
         counts.inserted += merged.inserted
-        counts.updated, counts.unchanged = merged.updated, merged.unchanged
+        counts.updated = merged.updated
+        counts.unchanged += merged.unchanged
         counts.conflicts = merged.conflicts
     if counts.inserted or counts.updated:  # unchanged rows cannot change the rollup
         reporting.refresh_days(conn, job.api_login, window.start, window.end)

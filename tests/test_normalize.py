@@ -211,7 +211,8 @@ def _assert_page_matches_reference(normalizer: Normalizer, records: list[Any]) -
         for name, field, value in zip(FIELDS, fields, row, strict=False):
             kind = FIELD_KINDS[name]
             assert _read_back(kind, field) == _reference(kind, value), name
-        assert fields[-2] == row[-2]  # api_login
+        assert fields[-3] == row[-3]  # api_login
+        assert fields[-2] == "\\x" + row[-2].hex()  # payload_digest (bytea, hex)
         assert _exact_json(fields[-1] or "") == _exact_json(row[-1])  # the same payload
 
 
