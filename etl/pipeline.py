@@ -112,8 +112,8 @@ def run_windows(
     Each window is fetched by a slot (its own HTTP session) and loaded, in its own transaction,
     by a loader thread that stages the pages as they arrive; a slot takes its next window as
     soon as it has fetched the last one, so at most TCXC_WORKERS requests are in flight and at
-    most twice that many windows are open. The first window runs alone: a bad key or an
-    unexpected API answer costs one window.
+    most twice that many windows are open. Until a window has received its first page, that
+    window runs alone: a bad key or an unexpected API answer costs one window (one request).
 
     With ``watermark`` (incremental passes) the watermark follows the chain of committed
     windows and the first failure stops new windows from starting, so the watermark stays
@@ -128,13 +128,15 @@ def run_windows(
     loading: dict[Future[Counts], Window] = {}
     idle = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
     ending = False
+    answered = False  # a window got its first page: the key works, the API answers as expected
+    probe: Future[bool] | None = None  # the lone window's first answer, until then
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="fetch") as fetchers,
         ThreadPoolExecutor(2 * workers, thread_name_prefix="window") as loaders,
     ):
         while pending or fetching or loading:
             capacity = min(len(idle), 2 * workers - len(loading))
-            if not summary.windows:  # the first window runs alone
+            if not answered and not summary.windows:  # the lone window, until it is answered
                 capacity = 0 if loading else min(capacity, 1)
             while pending and capacity > 0 and not ending:
                 capacity -= 1
@@ -142,14 +144,20 @@ def run_windows(
                     ending = True
                     break
                 window, slot, stream = pending.pop(0), idle.pop(), prefetch.PageStream()
+                probe = probe if answered else stream.answered
                 fetching[fetchers.submit(prefetch.fill, stream, slot, window)] = slot
                 load = loaders.submit(_load, engine, job, window, summary.run_id, chain, stream)
                 loading[load] = window
             if not fetching and not loading:
                 break
             futures: list[Future[Any]] = [*fetching, *loading]
+            if probe is not None and not probe.done():
+                futures.append(probe)
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            answered = answered or bool(probe and probe.done() and probe.result())
             for future in finished:
+                if future is probe:
+                    continue
                 if future in fetching:
                     idle.append(fetching.pop(future))
                     future.result()  # fetch errors reach the loader; this raises only bugs

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 
 from etl.window_sync import Job, Records, fetch_window
 from etl.windows import Window
@@ -44,6 +45,13 @@ class PageStream:
         self._finished = False
         self._error: BaseException | None = None
         self._closed = False
+        # True once a first page (even the empty one) was fetched; False if fetching ended
+        # without one (an error, or the loader went away).
+        self.answered: Future[bool] = Future()
+
+    def _answer(self, ok: bool) -> None:  # (holding the condition's lock)
+        if not self.answered.done():
+            self.answered.set_result(ok)
 
     # The fetcher's side.
     def put(self, page: Records) -> None:
@@ -54,12 +62,14 @@ class PageStream:
             if self._closed:
                 raise StreamClosedError
             self._pages.append(page)
+            self._answer(True)
             self._changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
         """No more pages: the window is complete, or ``error`` ended its fetching."""
         with self._changed:
             self._finished, self._error = True, error
+            self._answer(error is None)
             self._changed.notify_all()
 
     # The loader's side.
@@ -82,6 +92,7 @@ class PageStream:
         with self._changed:
             self._closed = True
             self._pages.clear()
+            self._answer(False)
             self._changed.notify_all()
 
 

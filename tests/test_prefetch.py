@@ -12,12 +12,11 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from etl import pipeline, prefetch
+from etl import pipeline, prefetch, reporting
 from etl.db import sqlalchemy_url
 from etl.errors import ApiError, TransientDatabaseError
 from etl.simulator import Simulator, SimulatorConfig
-from etl.state import Counts
-from etl.windows import Window, plan_windows
+from etl.windows import plan_windows
 from tests.conftest import make_job, make_settings, sim_range, table_rows
 
 
@@ -85,24 +84,22 @@ def test_a_loader_that_goes_away_releases_its_fetcher() -> None:
 def test_a_slot_fetches_its_next_window_while_the_previous_one_waits_to_merge(
     sim: Simulator, engine: Engine, database_url: str
 ) -> None:
-    """One worker, three windows. Once the first window commits, a session takes a SHARE lock
-    on ``cdr``, so the second window's merge waits. The third window's pages are fetched all
-    the same (fetch-ahead), and everything commits once the lock goes."""
+    """One worker, three windows. A session holds the rollup lock of the third day, which the
+    second window's rollup refresh needs (its hours reach into that day), so the second window
+    waits to commit. The third window's pages are fetched all the same (fetch-ahead), and
+    everything commits once the lock goes."""
     start, _ = sim_range()
     end = start + timedelta(days=3)
     settings = replace(make_settings(sim), workers=1, window=timedelta(days=1))
     job = make_job(settings)
-    w1, _w2, w3 = plan_windows(start, end, settings.window)
+    _w1, _w2, w3 = plan_windows(start, end, settings.window)
     third = w3.api_params(settings.api_timezone)["date_from"]
     blocker = psycopg.connect(database_url)
+    day = (w3.start.date() - reporting._EPOCH_DAY).days
+    blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", (reporting.LOCK_KEY, day))
     outcome: list[pipeline.RunSummary] = []
-
-    def on_window(window: Window, _counts: Counts | None) -> None:
-        if window == w1:
-            blocker.execute("LOCK TABLE cdr IN SHARE MODE")  # held until blocker commits
-
     run = threading.Thread(
-        target=lambda: outcome.append(pipeline.backfill(engine, job, start, end, on_window))
+        target=lambda: outcome.append(pipeline.backfill(engine, job, start, end))
     )
     run.start()
     try:
@@ -162,6 +159,7 @@ def test_a_failing_loader_releases_its_fetcher_and_the_run_ends(
         assert not run.is_alive(), "the run hung on a failed loader"
     engine.dispose()
     (summary,) = outcome
-    assert [type(error) for _, error in summary.failures] == [TransientDatabaseError]
-    assert summary.windows == 0, "a database error stops the run after the first window"
-    assert sim.requests_served <= 4, "the fetch slot stopped a page or two after the failure"
+    # The first window's first page started the second slot; no window started after that.
+    assert {type(error) for _, error in summary.failures} == {TransientDatabaseError}
+    assert len(summary.failures) <= 2 and summary.windows == 0
+    assert sim.requests_served <= 8, "the fetch slots stopped a page or two after the failure"
