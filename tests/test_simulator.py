@@ -436,3 +436,13 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault("404")
     assert "demo-key" not in repr(SimulatorConfig())
+
+
+def test_latency_includes_the_simulators_own_work() -> None:
+    """--latency is the time to answer: the simulator's work on a page is part of it, so its
+    cost is never counted as the client's (it is reported apart by the benchmark)."""
+    from etl.simulator.server import answer_delay
+
+    assert answer_delay(0.1, 0.03) == pytest.approx(0.07)
+    assert answer_delay(0.1, 0.25) == 0.0
+    assert answer_delay(0.0, 0.01) == 0.0

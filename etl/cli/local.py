@@ -41,7 +41,12 @@ def _simulator_config(**options: Any) -> Any:
 @click.option("--key", default="demo-key", show_default=True, help="API key it accepts.")
 @click.option("--max-page-size", type=int, default=None, help="Cap rows per page silently.")
 @click.option("--order", type=click.Choice(["asc", "desc", "shuffled"]), default="asc")
-@click.option("--latency", type=float, default=0.0, help="Seconds added to every request.")
+@click.option(
+    "--latency",
+    type=float,
+    default=0.0,
+    help="Seconds each request takes to answer, the simulator's own work included.",
+)
 @click.option("--fault-rate", type=float, default=0.0, help="Share of requests that fail.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def simulate(

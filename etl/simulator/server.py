@@ -24,6 +24,13 @@ HOST = "127.0.0.1"
 _IDLE_TIMEOUT = 60.0  # seconds an idle keep-alive connection stays open
 
 
+def answer_delay(latency: float, worked: float) -> float:
+    """How long to wait before answering: the simulated latency is the time the API takes to
+    answer a request, its own work included (as a real API's is), so the simulator's work on
+    a page is never counted as the client's time; only what that work left of it is slept."""
+    return max(0.0, latency - worked)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -78,12 +85,12 @@ class _Handler(BaseHTTPRequestHandler):
         """Stay quiet: the simulator runs inside tests and benchmarks."""
 
     def _serve(self) -> None:
-        started = time.thread_time()
+        started, arrived = time.thread_time(), time.monotonic()
         engine = self.server.engine
         engine.count_request()
         try:
             reply = self._reply(engine)
-            delay = engine.config.latency + reply.delay
+            delay = answer_delay(engine.config.latency, time.monotonic() - arrived) + reply.delay
             if delay > 0:
                 time.sleep(delay)
             if reply.reset:
