@@ -146,8 +146,9 @@ class Normalizer:
         self.api_login = api_login
         self.tz = tz
         self.raw_payload = raw_payload
-        self._utc = tz.key in payload.UTC_ZONES
-        self._digester = rowdigest.Digester(api_login, tz.key, raw_payload)
+        zone = str(tz)  # the IANA key of a ZoneInfo; "UTC" for datetime.UTC
+        self._utc = zone in payload.UTC_ZONES
+        self._digester = rowdigest.Digester(api_login, zone, raw_payload)
         self._login_text = copy_escape(api_login)
         # "YYYY-MM-DD HH" (local) -> the UTC offset text every second of that hour has, or ""
         # when the hour cannot take the fast path (invalid, out of range, DST change inside).

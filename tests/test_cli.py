@@ -138,3 +138,14 @@ def test_rebuild_rollup_command(sim: Simulator, database_url: str) -> None:
     assert result.returncode == 0, result.stderr
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT sum(attempts) FROM cdr_daily").fetchone() == before
+
+
+def test_demo_runs_end_to_end(database_url: str) -> None:
+    """`tcxc-etl demo` (the quick start's command) syncs its simulator into the database."""
+    result = run_cli("demo", "--cdrs", "300", "--days", "2", env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE raw = '{}') FROM cdr"
+        ).fetchone()
+    assert row is not None and row[0] > 0 and row[1] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -115,7 +116,7 @@ def demo(app: AppContext, cdrs: int, days: int) -> None:
             api_url=sim.url,
             api_login="demo",
             api_key=Secret("demo-key"),
-            api_timezone=UTC,  # type: ignore[arg-type]
+            api_timezone=ZoneInfo("UTC"),
         )
         click.echo(f"simulator: {sim.url}, {cdrs:,} CDRs over {days} days")
         with database(settings) as engine:
