@@ -20,6 +20,7 @@ class WindowProgress:
     def __init__(self, total: int) -> None:
         self.total = total
         self.rows = 0
+        self.done = 0  # (a disabled tqdm bar does not count)
         self.bar = tqdm(
             total=total, unit="window", file=sys.stderr, disable=not sys.stderr.isatty()
         )
@@ -27,12 +28,16 @@ class WindowProgress:
     def update(self, window: Window, counts: Counts | None) -> None:
         if counts is not None:
             self.rows += counts.rows_fetched
+        self.done += 1
         self.bar.update(1)
         self.bar.set_postfix(rows=self.rows, refresh=False)
         if self.bar.disable:
-            done = int(self.bar.n)
             log.info(
-                "progress windows=%d/%d rows=%d last_window=%s", done, self.total, self.rows, window
+                "progress windows=%d/%d rows=%d last_window=%s",
+                self.done,
+                self.total,
+                self.rows,
+                window,
             )
 
     def __enter__(self) -> WindowProgress:
