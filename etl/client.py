@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import requests
@@ -89,11 +89,6 @@ class ApiClient:
 
     def fetch_page(self, params: dict[str, str]) -> Page:
         """POST one request with ``params`` plus fresh auth fields; return its records."""
-        return classify(*self.send(params))
-
-    def send(self, params: dict[str, str]) -> Answer:
-        """POST one request with ``params`` plus fresh auth fields; the HTTP answer, unparsed
-        (``classify`` turns it into a Page or the ApiError it means)."""
         form = {"show": "all", **params}
         form.update(signed_params(self._api_key, self.api_login, int(self._clock())))
         self.requests_sent += 1
@@ -110,15 +105,7 @@ class ApiClient:
             raise RetriableApiError("the connection broke while the answer was read") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise RetriableApiError(f"request failed: {type(exc).__name__}") from None
-        return Answer(response.status_code, response.headers, body)
-
-
-class Answer(NamedTuple):
-    """One HTTP answer of the API, as received."""
-
-    status: int
-    headers: Any
-    body: bytes
+        return classify(response.status_code, response.headers, body)
 
 
 def classify(status: int, headers: Any, body: bytes) -> Page:

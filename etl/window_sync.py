@@ -22,11 +22,10 @@ from sqlalchemy import Engine
 
 from etl import load, reporting, state
 from etl.budget import RequestBudget
-from etl.client import Answer, ApiClient, Page, classify
+from etl.client import ApiClient, Page
 from etl.config import Settings
 from etl.db import database_errors
 from etl.errors import ApiError, EtlError, InvalidRecordError, StopRequestedError
-from etl.lookahead import LookAhead
 from etl.normalize import Normalizer
 from etl.pagination import OffsetPaginator, distinct_count, page_digest
 from etl.retry import RetryPolicy, call_with_retry
@@ -99,9 +98,7 @@ def normalise_page(
     return rows, rejects
 
 
-def fetch_page(
-    job: Job, window: Window, paginator: OffsetPaginator, ahead: LookAhead | None = None
-) -> Page:
+def fetch_page(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
     params = {**window.api_params(job.settings.api_timezone), **paginator.params()}
     if job.prefix:
         params["prefix"] = job.prefix
@@ -109,13 +106,11 @@ def fetch_page(
 
     def attempt() -> Page:
         job.check_stop(where)
-        answer = ahead.take(params) if ahead is not None else None
-        if answer is None:
-            answer = send(job, params, where)
-        if ahead is not None:
-            ahead.guess(params, answer)  # the next request goes out while this page is parsed
+        if job.budget is not None:
+            job.budget.acquire(job.stop.wait)
+            job.check_stop(where)
         try:
-            page = classify(*answer)
+            page = job.client.fetch_page(params)
         except ApiError as exc:
             job.observe("api_error", exc.kind)
             raise
@@ -130,39 +125,21 @@ def fetch_page(
         raise (exc if exc.where else exc.located(where)) from None
 
 
-def send(job: Job, params: dict[str, str], where: str) -> Answer:
-    """One request, paced by the account's budget; its answer as received."""
-    if job.budget is not None:
-        job.budget.acquire(job.stop.wait)
-        job.check_stop(where)
-    try:
-        return job.client.send(params)
-    except ApiError as exc:
-        job.observe("api_error", exc.kind)
-        raise
-
-
 Records = list[Any]  # one page's records, as parsed from the API's JSON
 
 
 def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     """The records of every page of ``window``, the final empty page included: fetched
-    (paced, retried, each request sent as soon as the previous answer is read: etl.lookahead)
-    and loop-guarded, not yet normalised. Touches no database: it runs ahead of the loader
-    (etl.prefetch)."""
+    (paced, retried) and loop-guarded, not yet normalised. Touches no database: it runs ahead
+    of the loader (etl.prefetch)."""
     paginator = OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
-    where = f"account {job.api_login}, window {window} (sent ahead)"
-    ahead = LookAhead(lambda params: send(job, params, where))
-    try:
-        while not paginator.done:
-            page = fetch_page(job, window, paginator, ahead)
-            try:
-                paginator.advance(distinct_count(page.records), page_digest(page.body))
-            except ApiError as exc:
-                raise exc.located(f"account {job.api_login}, window {window}") from None
-            yield page.records
-    finally:
-        ahead.close()
+    while not paginator.done:
+        page = fetch_page(job, window, paginator)
+        try:
+            paginator.advance(distinct_count(page.records), page_digest(page.body))
+        except ApiError as exc:
+            raise exc.located(f"account {job.api_login}, window {window}") from None
+        yield page.records
 
 
 def load_window(
