@@ -26,12 +26,12 @@ Within one window's transaction:
    the others were equal to the stored row (unchanged).
 Rejects and conflicts are idempotent (unique digests), so re-syncing never duplicates them.
 
-The first sync of a window needs none of that: ``append_direct`` COPYs a page straight into
-``cdr`` (under a savepoint) when the page cannot meet a stored row: its i_cdr are distinct,
-none of them is stored (one index range probe) and none is held by another open transaction
-(otherwise the COPY fails on the primary key, the savepoint is rolled back and the page is
-staged instead). Once a window has staged a page, it stages the rest, so the merge's "last
-occurrence wins" still holds across the window's pages.
+The first sync of a window needs none of that: ``copy_direct`` COPYs a page straight into
+``cdr`` (under a savepoint) when the page cannot meet a stored row: its i_cdr are distinct
+(``distinct_ids``), none of them is stored (``any_stored``: one index range probe) and none is
+held by another open transaction (otherwise the COPY fails on the primary key, the savepoint
+is rolled back and the page is staged instead). Once a window has staged a page, it stages
+the rest, so the merge's "last occurrence wins" still holds across the window's pages.
 """
 
 from __future__ import annotations
@@ -120,16 +120,11 @@ def distinct_ids(records: Sequence[Any]) -> list[int] | None:
     return ids
 
 
-def id_range(records: Sequence[Any]) -> tuple[int, int] | None:
-    """The lowest and highest of ``distinct_ids``, or None."""
-    ids = distinct_ids(records)
-    return None if ids is None else (min(ids), max(ids))
-
-
-def any_stored(conn: psycopg.Connection[Any], ids: tuple[int, int]) -> bool:
-    """Whether any i_cdr between ``ids`` (inclusive) is stored: one primary-key range probe."""
+def any_stored(conn: psycopg.Connection[Any], ids: Sequence[int]) -> bool:
+    """Whether any i_cdr between the lowest and the highest of ``ids`` is stored: one
+    primary-key range probe."""
     with conn.cursor() as cur:
-        cur.execute(_ANY_STORED, ids)
+        cur.execute(_ANY_STORED, (min(ids), max(ids)))
         found = cur.fetchone()
     return found is None or bool(found[0])
 
@@ -143,15 +138,10 @@ def held_alike(conn: psycopg.Connection[Any], ids: Sequence[int], digests: Seque
     return len(stored) == len(ids) and all(map(operator.eq, map(stored.get, ids), digests))
 
 
-def append_direct(conn: psycopg.Connection[Any], copy_text: str, ids: tuple[int, int]) -> bool:
-    """COPY a page's lines (``stage_text``'s format) straight into ``cdr`` if none of the
-    i_cdr in ``ids`` is stored; False, with nothing written, when the page must be staged."""
-    return not any_stored(conn, ids) and copy_direct(conn, copy_text)
-
-
 def copy_direct(conn: psycopg.Connection[Any], copy_text: str) -> bool:
-    """COPY a page of rows none of which is stored (as far as this transaction sees) straight
-    into ``cdr``; False, with nothing written, when another open window holds one of them."""
+    """COPY a page's lines (``stage_text``'s format), none of which is stored as far as this
+    transaction sees, straight into ``cdr``; False, with nothing written, when another open
+    window holds one of them (the page must then be staged)."""
     try:
         with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_DIRECT) as copy:
             copy.write(copy_text)  # (under a savepoint)

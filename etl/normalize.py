@@ -237,8 +237,9 @@ class Normalizer:
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
             rebuilt.append(payload.column_state(name, found[3]))
-        parts += [self._login_text + "\t", rowdigest.copy_texts(digests or self.digests(records))]
-        parts.append("\t")
+        if digests is None:
+            digests = self.digests(records)
+        parts += [self._login_text + "\t", rowdigest.copy_texts(digests), "\t"]
         if raws is not None:
             parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
         elif self.raw_payload == payload.COMPACT:  # the usual page: what the columns miss

@@ -164,8 +164,8 @@ def load_window(
         counts.rows_fetched += len(records)
         ids = None if staging else load.distinct_ids(records)
         digests = normalizer.digests(records)
-        stored = ids is not None and load.any_stored(conn, (min(ids), max(ids)))
-        if stored and load.held_alike(conn, ids or (), digests):
+        stored = ids is not None and load.any_stored(conn, ids)
+        if ids is not None and stored and load.held_alike(conn, ids, digests):
             counts.unchanged += len(records)  # held as they are: nothing to normalise or write
             continue
         normalized = normalizer.normalize_page(records, digests)  # COPY text; PostgreSQL casts

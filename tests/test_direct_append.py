@@ -129,13 +129,13 @@ def test_a_row_another_window_holds_uncommitted_is_staged_then_a_conflict(
     assert conflicts == [(int(x["i_cdr"]), job_b.api_login, x_b["call_id"])]
 
 
-def test_id_range_takes_only_pages_of_distinct_digit_ids() -> None:
-    assert load.id_range([{"i_cdr": "12"}, {"i_cdr": "3"}]) == (3, 12)
-    assert load.id_range([{"i_cdr": "3"}, {"i_cdr": "003"}]) is None  # the same bigint
-    assert load.id_range([{"i_cdr": "1.5"}]) is None
-    assert load.id_range([{"call_id": "x"}]) is None
-    assert load.id_range(["not a record"]) is None
-    assert load.id_range([]) is None
+def test_distinct_ids_takes_only_pages_of_distinct_digit_ids() -> None:
+    assert load.distinct_ids([{"i_cdr": "12"}, {"i_cdr": "3"}]) == [12, 3]
+    assert load.distinct_ids([{"i_cdr": "3"}, {"i_cdr": "003"}]) is None  # the same bigint
+    assert load.distinct_ids([{"i_cdr": "1.5"}]) is None
+    assert load.distinct_ids([{"call_id": "x"}]) is None
+    assert load.distinct_ids(["not a record"]) is None
+    assert load.distinct_ids([]) is None
 
 
 def test_with_only_extra_fields_kept_raw_new_pages_still_go_straight_in(
