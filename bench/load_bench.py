@@ -1,9 +1,9 @@
 """Load-path benchmark: tcxc-etl against its own baselines, in one run on the same data.
 
     python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
-        [--variants sol,copy-cdr,naive,etl] [--workers N] [--raw-payload compact|full|extra]
-        [--repeat 3] [--single-window] [--latency 0] [--scaling 1,2,4]
-        [--account-scaling 2,4] [--output FILE]
+        [--window-rows N] [--variants sol,copy-cdr,naive,etl] [--workers N]
+        [--raw-payload compact|full|extra] [--repeat 3] [--single-window] [--latency 0]
+        [--scaling 1,2,4] [--account-scaling 2,4] [--output FILE]
 
 Starts an embedded PostgreSQL (fsync off; or uses DATABASE_URL) and the API simulator in a
 separate process (its CPU is measured apart and never counted as ours), then runs each
@@ -215,6 +215,8 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
     }
     if options.workers:
         base_args["workers"] = options.workers
+    if options.window_rows is not None:
+        base_args["window_rows"] = options.window_rows
     make_template(server_url)
     print(f"generating {options.cdrs:,} simulated CDRs ...", flush=True)
     sim = SimulatorProcess(options.cdrs, options.days, options.latency)
@@ -412,6 +414,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--window", default="1d", help="window size, e.g. 6h, 1d")
+    parser.add_argument(
+        "--window-rows",
+        type=int,
+        default=None,
+        help="TCXC_WINDOW_ROWS: join windows up to this many rows (0: never; default: its default)",
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="simulated seconds/request")
     parser.add_argument("--single-window", action="store_true", help="the whole range at once")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best and median)")

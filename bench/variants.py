@@ -159,6 +159,8 @@ def _job(args: dict[str, Any], **settings: Any) -> pipeline.Job:
         "window": timedelta(seconds=args["window_seconds"]),
         "raw_payload": args.get("raw_payload", payload.COMPACT),
     }
+    if "window_rows" in args:
+        fields["window_rows"] = args["window_rows"]
     return pipeline.Job(
         client=_client(args),
         settings=Settings(**{**fields, **settings}),

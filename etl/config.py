@@ -72,6 +72,7 @@ class Settings:
     api_timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     page_size: int = 1000
     window: timedelta = timedelta(days=1)
+    window_rows: int = 50_000  # join planned windows up to this many rows (etl.windows)
     prefix: str = ""
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
@@ -232,6 +233,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_API_TIMEZONE": ("api_timezone", _timezone),
     "TCXC_PAGE_SIZE": ("page_size", _int_in(1, 100_000)),
     "TCXC_WINDOW": ("window", parse_duration),
+    "TCXC_WINDOW_ROWS": ("window_rows", _int_in(0, 10_000_000)),
     "TCXC_PREFIX": ("prefix", _prefix),
     "TCXC_CONNECT_TIMEOUT": ("connect_timeout", _positive_float),
     "TCXC_READ_TIMEOUT": ("read_timeout", _positive_float),

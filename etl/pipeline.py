@@ -21,10 +21,13 @@ from etl import prefetch, state
 from etl.errors import AuthError, DatabaseError, EtlError, StopRequestedError
 from etl.state import Counts
 from etl.window_sync import Job, load_window, record_failure, sync_window
-from etl.windows import Window, plan_windows
+from etl.windows import Coverage, Window, coalesce_count, plan_windows
 
 __all__ = ["Job", "RunSummary", "backfill", "load_window", "run_logged", "run_windows"]
 log = logging.getLogger(__name__)
+# Called as each window ends: the window, its counts (None if it failed), and how many of the
+# planned windows it covered (planned windows are joined up to TCXC_WINDOW_ROWS).
+OnWindow = Callable[[Window, Counts | None, int], None]
 
 
 @dataclass
@@ -105,7 +108,7 @@ def run_windows(
     summary: RunSummary,
     *,
     watermark: bool = False,
-    on_window: Callable[[Window, Counts | None], None] | None = None,
+    on_window: OnWindow | None = None,
 ) -> RunSummary:
     """Sync ``windows`` into ``summary`` with TCXC_WORKERS fetch slots (see ``etl.prefetch``).
 
@@ -123,9 +126,9 @@ def run_windows(
     """
     chain = WatermarkChain(job, windows[0].start) if watermark and windows else None
     workers = max(1, min(job.settings.workers, len(windows)))
-    pending = list(windows)
-    fetching: dict[Future[None], Job] = {}
-    loading: dict[Future[Counts], Window] = {}
+    pending = _Pending(windows, job.settings.window_rows, workers)
+    fetching: dict[Future[int | None], tuple[Job, Window]] = {}
+    loading: dict[Future[Counts], tuple[Window, int]] = {}
     idle = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
     ending = False
     answered = False  # a window got its first page: the key works, the API answers as expected
@@ -143,11 +146,12 @@ def run_windows(
                 if _must_end(job, summary):
                     ending = True
                     break
-                window, slot, stream = pending.pop(0), idle.pop(), prefetch.PageStream()
+                window, covers = pending.take()
+                slot, stream = idle.pop(), prefetch.PageStream()
                 probe = probe if answered else stream.answered
-                fetching[fetchers.submit(prefetch.fill, stream, slot, window)] = slot
+                fetching[fetchers.submit(prefetch.fill, stream, slot, window)] = (slot, window)
                 load = loaders.submit(_load, engine, job, window, summary.run_id, chain, stream)
-                loading[load] = window
+                loading[load] = (window, covers)
             if not fetching and not loading:
                 break
             futures: list[Future[Any]] = [*fetching, *loading]
@@ -159,16 +163,45 @@ def run_windows(
                 if future is probe:
                     continue
                 if future in fetching:
-                    idle.append(fetching.pop(future))
-                    future.result()  # fetch errors reach the loader; this raises only bugs
+                    slot, fetched = fetching.pop(future)
+                    idle.append(slot)
+                    # (fetch errors reach the loader: this raises only bugs)
+                    pending.observe(fetched, future.result())
                     continue
-                window = loading.pop(future)
-                if not _account(engine, job, future, window, summary, watermark, on_window):
+                window, covers = loading.pop(future)
+                if not _account(engine, job, future, window, covers, summary, watermark, on_window):
                     ending = True
     for slot in idle:
         if slot is not job:
             slot.client.close()
     return summary
+
+
+class _Pending:
+    """The planned windows not started yet, handed out joined (``etl.windows.coalesce_count``)
+    by the row density of the windows fully fetched so far in the run."""
+
+    def __init__(self, windows: Sequence[Window], target_rows: int, slots: int) -> None:
+        self._windows = list(windows)
+        self._target_rows, self._slots = target_rows, slots
+        self._rows, self._seconds = 0, 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self._windows)
+
+    def take(self) -> tuple[Window, int]:
+        """The next window to sync, and how many planned windows it covers."""
+        density = self._rows / self._seconds if self._seconds else None
+        covers = coalesce_count(self._windows, density, self._target_rows, self._slots)
+        window = Window(self._windows[0].start, self._windows[covers - 1].end)
+        del self._windows[:covers]
+        return window, covers
+
+    def observe(self, window: Window, rows: int | None) -> None:
+        """``window`` was fetched to its end with ``rows`` records (None: it was not)."""
+        if rows is not None:
+            self._rows += rows
+            self._seconds += (window.end - window.start).total_seconds()
 
 
 def _load(
@@ -207,9 +240,10 @@ def _account(
     job: Job,
     future: Future[Counts],
     window: Window,
+    covers: int,
     summary: RunSummary,
     watermark: bool,
-    on_window: Callable[[Window, Counts | None], None] | None,
+    on_window: OnWindow | None,
 ) -> bool:
     """Fold one finished window into the summary; False when no new window should start."""
     try:
@@ -223,14 +257,14 @@ def _account(
         record_failure(engine, job, window, summary.run_id, error)
         summary.failures.append((window, error))
         if on_window is not None:
-            on_window(window, None)
+            on_window(window, None, covers)
         return not (watermark or _stops_everything(error))
-    summary.windows += 1
+    summary.windows += covers
     summary.counts.add(counts)
     for outcome in ("inserted", "updated", "unchanged", "rejected", "conflicts"):
         job.observe("rows:" + outcome, str(getattr(counts, outcome)))
     if on_window is not None:
-        on_window(window, counts)
+        on_window(window, counts, covers)
     return True
 
 
@@ -253,19 +287,22 @@ def run_logged(
     *,
     watermark: bool = False,
     done: set[tuple[datetime, datetime]] | None = None,
-    on_window: Callable[[Window, Counts | None], None] | None = None,
+    on_window: OnWindow | None = None,
     abandon_stale: bool = False,
 ) -> RunSummary:
     """Open a run row, sync the windows not in ``done``, close the run row.
 
-    ``abandon_stale`` (only for callers holding the account's lock) first marks the account's
-    runs left 'running' by a dead process as 'abandoned'."""
+    ``done`` holds committed windows (of an interrupted backfill: they may join several
+    planned ones); a planned window they cover is skipped. ``abandon_stale`` (only for callers
+    holding the account's lock) first marks the account's runs left 'running' by a dead
+    process as 'abandoned'."""
     start, end = (windows[0].start, windows[-1].end) if windows else (None, None)
     if abandon_stale:
         state.abandon_stale_runs(engine, job.api_login)
     run_id = state.start_run(engine, command, job.api_login, start, end)
     summary = RunSummary(run_id=run_id, planned=len(windows))
-    todo = [w for w in windows if (w.start, w.end) not in (done or set())]
+    committed = Coverage(done or ())
+    todo = [w for w in windows if w not in committed]
     summary.skipped = len(windows) - len(todo)
     if job.budget is not None:
         job.budget.seed(state.requests_last_hour(engine, job.api_login))
@@ -295,7 +332,7 @@ def backfill(
     job: Job,
     start: datetime,
     end: datetime,
-    on_window: Callable[[Window, Counts | None], None] | None = None,
+    on_window: OnWindow | None = None,
     *,
     resume: bool = True,
     locked: bool = False,

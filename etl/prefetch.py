@@ -96,20 +96,24 @@ class PageStream:
             self._changed.notify_all()
 
 
-def fill(stream: PageStream, job: Job, window: Window) -> None:
-    """Fetch every page of ``window`` into ``stream`` (run by a fetch slot's thread).
+def fill(stream: PageStream, job: Job, window: Window) -> int | None:
+    """Fetch every page of ``window`` into ``stream`` (run by a fetch slot's thread); the
+    number of records fetched, or None when fetching did not reach the window's end.
 
     Every error goes to the loader through the stream; only a loader that went away ends
     this early and silently (its window is rolled back and accounted for by the loader).
     """
+    records = 0
     try:
         for page in fetch_window(job, window):
             stream.put(page)
+            records += len(page)
     except StreamClosedError:
-        return
+        return None
     except BaseException as exc:
         stream.finish(exc)
         if not isinstance(exc, Exception):
             raise
-        return
+        return None
     stream.finish()
+    return records

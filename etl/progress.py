@@ -25,11 +25,12 @@ class WindowProgress:
             total=total, unit="window", file=sys.stderr, disable=not sys.stderr.isatty()
         )
 
-    def update(self, window: Window, counts: Counts | None) -> None:
+    def update(self, window: Window, counts: Counts | None, covers: int = 1) -> None:
+        """``window`` ended (``counts`` None: it failed), covering ``covers`` planned ones."""
         if counts is not None:
             self.rows += counts.rows_fetched
-        self.done += 1
-        self.bar.update(1)
+        self.done += covers
+        self.bar.update(covers)
         self.bar.set_postfix(rows=self.rows, refresh=False)
         if self.bar.disable:
             log.info(

@@ -4,11 +4,16 @@ Pure: no I/O. Windows are closed intervals ``[start, end]`` passed to the API as
 ``date_from``/``date_to``; adjacent windows share their boundary second, so no CDR can fall
 between them whatever the API's (undocumented) boundary semantics. A CDR on a boundary is
 fetched twice and loaded once (the upsert is idempotent).
+
+A run may join contiguous planned windows into one (``coalesce_count``, TCXC_WINDOW_ROWS) once
+it knows the account's row density; ``Coverage`` tells which planned windows the committed
+(possibly joined) windows of an interrupted backfill already cover.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,3 +54,66 @@ def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Wi
         upper = min(cursor + size, final)
         yield Window(cursor, upper)
         cursor = upper
+
+
+# A coalesced window never spans more than this, however sparse the account: offset paging
+# over a long window is more exposed to an unstable result set, and a failure retries it whole.
+MAX_COALESCED_SPAN = timedelta(days=31)
+
+
+def coalesce_count(
+    pending: Sequence[Window],
+    rows_per_second: float | None,
+    target_rows: int,
+    slots: int,
+    max_span: timedelta = MAX_COALESCED_SPAN,
+) -> int:
+    """How many of the first ``pending`` windows the next window should cover (at least 1).
+
+    Windows are joined while they are contiguous, while the rows they are expected to hold
+    (``rows_per_second`` observed so far in the run, None if nothing is known yet) stay within
+    ``target_rows``, the joined span within ``max_span``, and while enough windows are left
+    for the other ``slots`` to get as much work (the last windows of a range shrink, so slots
+    finish together). ``target_rows`` 0 never joins: every window is synced as planned.
+    """
+    if not pending or target_rows <= 0 or rows_per_second is None:
+        return 1
+    fair_share = -(-len(pending) // max(1, slots))  # ceil: the other slots' share of the rest
+    count, expected = 1, rows_per_second * _seconds(pending[0])
+    while count < min(len(pending), fair_share):
+        following = pending[count]
+        if following.start != pending[count - 1].end:
+            break  # a gap (a window already done): never join across it
+        more = rows_per_second * _seconds(following)
+        if expected + more > target_rows or following.end - pending[0].start > max_span:
+            break
+        count, expected = count + 1, expected + more
+    return count
+
+
+def _seconds(window: Window) -> float:
+    return (window.end - window.start).total_seconds()
+
+
+class Coverage:
+    """The union of committed windows: ``window in coverage`` when every second of ``window``
+    lies in one committed window or in adjacent ones (windows share their boundary second)."""
+
+    def __init__(self, intervals: Iterable[tuple[datetime, datetime]]) -> None:
+        merged: list[list[datetime]] = []
+        for start, end in sorted(intervals):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self._starts = [start for start, _end in merged]
+        self._ends = [end for _start, end in merged]
+
+    def __contains__(self, window: object) -> bool:
+        if not isinstance(window, Window):
+            return False
+        at = bisect_right(self._starts, window.start) - 1
+        return at >= 0 and window.end <= self._ends[at]
+
+    def __len__(self) -> int:
+        return len(self._starts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -11,6 +13,8 @@ from sqlalchemy import Engine
 from etl import pipeline
 from etl.errors import AuthError, FatalApiError
 from etl.simulator import Fault, Simulator, SimulatorConfig
+from etl.state import Counts
+from etl.windows import Window
 from tests.conftest import (
     SIM_END,
     make_job,
@@ -238,3 +242,51 @@ def test_reject_with_nul_in_its_i_cdr_is_stored(sim: Simulator, engine: Engine) 
     summary = _backfill(sim, engine)
     assert summary.ok and summary.counts.rejected == 1
     assert table_rows(engine, "SELECT i_cdr FROM cdr_reject") == [("12\\x0034",)]
+
+
+JOINING = {"window": timedelta(hours=12), "window_rows": 400, "page_size": 50, "workers": 1}
+
+
+def test_sparse_windows_are_joined_and_still_load_every_cdr_once(
+    sim: Simulator, engine: Engine
+) -> None:
+    """With TCXC_WINDOW_ROWS, planned windows are joined once the run has seen how many rows
+    they hold: fewer windows and requests, the same rows, a ledger that tiles the range."""
+    summary = _backfill(sim, engine, **JOINING)
+    joined_requests = sim.requests_served
+    assert summary.ok and summary.windows == 20, "windows count the planned windows covered"
+    assert summary.counts.inserted == len(_api_ids(sim)) and _db_ids(engine) == _api_ids(sim)
+    ledger = table_rows(
+        engine, "SELECT window_start, window_end FROM sync_window WHERE status = 'done' ORDER BY 1"
+    )
+    assert 1 < len(ledger) < 20
+    assert (ledger[0][0], ledger[-1][1]) == sim_range()
+    assert all(before[1] == after[0] for before, after in pairwise(ledger))
+    assert max(end - start for start, end in ledger) > JOINING["window"]
+    again = _backfill(sim, engine, **{**JOINING, "window_rows": 0})
+    assert again.ok and again.counts.unchanged == len(_api_ids(sim))
+    assert sim.requests_served - joined_requests > joined_requests, "the fixed grid asks more"
+
+
+def test_a_resumed_backfill_skips_what_joined_windows_committed(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A backfill stopped after two joined windows resumes after them: the planned windows
+    they cover are skipped, the rest loaded, every CDR once."""
+    settings = make_settings(sim, **JOINING)
+    job, (start, end) = make_job(settings), sim_range()
+    committed: list[int] = []
+
+    def stop_after_two(_window: Window, counts: Counts | None, covers: int) -> None:
+        if counts is not None:
+            committed.append(covers)
+        if len(committed) == 2:
+            job.stop.set()
+
+    first = pipeline.backfill(engine, job, start, end, stop_after_two)
+    assert first.stopped and first.windows == sum(committed) > 2
+    second = pipeline.backfill(engine, make_job(settings), start, end)
+    assert second.ok and second.skipped == first.windows
+    assert second.windows + second.skipped == 20
+    assert first.counts.inserted + second.counts.inserted == len(_api_ids(sim))
+    assert _db_ids(engine) == _api_ids(sim)

@@ -61,6 +61,7 @@ RESILIENCE_ENV = {  # this file's settings on top of sim_env's
     "TCXC_WINDOW": "3h",
     "TCXC_PAGE_SIZE": "100",
     "TCXC_DEEP_LOOKBACK": "5d",
+    "TCXC_WINDOW_ROWS": "500",  # 3-hour windows of ~250 rows, joined by about two
 }
 
 
@@ -128,7 +129,8 @@ def test_sigkill_at_random_moments_converges_exactly(database_url: str) -> None:
             last_run = _query(database_url, "SELECT coalesce(max(id), 0) FROM etl_run")[0][0]
             proc = start_cli("sync", env=env)
             if _wait_for_new_run(database_url, last_run, proc):
-                time.sleep(rng.uniform(0.0, 1.0))
+                # (a run re-reading the range takes 0.5-0.7 s here, a first one longer)
+                time.sleep(rng.uniform(0.0, 0.5))
             # Only a kill that lands while the run is still working counts (a run that has
             # finished is left to exit by itself).
             if proc.poll() is None and _run_status(database_url, last_run) == "running":

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.errors import UsageError
-from etl.windows import plan_windows
+from etl.windows import Coverage, Window, coalesce_count, plan_windows
 
 aware = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -50,3 +50,58 @@ def test_api_params_are_in_the_api_zone() -> None:
     )
     params = window.api_params(ZoneInfo("America/New_York"))
     assert params == {"date_from": "2025-12-31 19:00:00", "date_to": "2026-01-01 19:00:00"}
+
+
+DAY = timedelta(days=1)
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def _days(count: int, start: datetime = T0) -> list[Window]:
+    return list(plan_windows(start, start + count * DAY, DAY))
+
+
+def test_nothing_is_joined_before_the_density_is_known_or_when_joining_is_off() -> None:
+    assert coalesce_count(_days(30), None, 50_000, 2) == 1
+    assert coalesce_count(_days(30), 0.1, 0, 2) == 1
+
+
+def test_windows_are_joined_up_to_the_target_rows() -> None:
+    per_day = 6_700 / 86_400  # rows per second
+    assert coalesce_count(_days(30), per_day, 50_000, 1) == 7  # 7 x 6,700 = 46,900
+    assert coalesce_count(_days(30), per_day, 6_700, 1) == 1
+    assert coalesce_count(_days(30), per_day, 5_000, 1) == 1, "a window is never split"
+
+
+def test_the_last_windows_are_shared_between_the_slots() -> None:
+    """Joined windows shrink as the range runs out, so no slot is left idle at the end."""
+    pending, sizes = _days(30), []
+    while pending:
+        take = coalesce_count(pending, 1e-9, 10**9, 4)  # no row limit: only the share bounds
+        sizes.append(take)
+        del pending[:take]
+    assert sizes == [8, 6, 4, 3, 3, 2, 1, 1, 1, 1]
+    assert sum(sizes) == 30
+
+
+def test_joining_stops_at_a_gap_and_at_the_longest_span() -> None:
+    gap = [*_days(3), *_days(3, T0 + 4 * DAY)]  # day 4 is done already
+    assert coalesce_count(gap, 0.0, 50_000, 1) == 3
+    empty_year = _days(365)
+    assert coalesce_count(empty_year, 0.0, 50_000, 1) == 31  # an empty account: 31 days at most
+
+
+@given(
+    bounds=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=8),
+    probe=st.tuples(st.integers(0, 230), st.integers(1, 40)),
+)
+def test_coverage_is_the_union_of_committed_windows(
+    bounds: list[tuple[int, int]], probe: tuple[int, int]
+) -> None:
+    """A window is covered exactly when each of its seconds lies in a committed window."""
+    hour = timedelta(hours=1)
+    committed = [(T0 + a * hour, T0 + (a + n) * hour) for a, n in bounds]
+    window = Window(T0 + probe[0] * hour, T0 + (probe[0] + probe[1]) * hour)
+    # (closed windows share boundaries: probe at half-hours between the whole hours)
+    halves = [window.start + (k + 0.5) * hour for k in range(probe[1])] + [window.start]
+    expected = all(any(s <= t <= e for s, e in committed) for t in [*halves, window.end])
+    assert (window in Coverage(committed)) == expected

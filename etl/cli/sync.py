@@ -19,7 +19,7 @@ from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, PassResult, run_all
 from etl.progress import WindowProgress
 from etl.status import account_status, format_status
-from etl.windows import plan_windows
+from etl.windows import Coverage, plan_windows
 
 log = logging.getLogger("etl")
 
@@ -97,12 +97,20 @@ def _print_plan(settings: Settings, job: pipeline.Job, start: datetime, end: dat
             done = state.backfill_windows_done(engine, job.api_login, job.prefix, start, end)
     except EtlError as exc:
         click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
+    committed = Coverage(done)
+    marks = ["done" if window in committed else "todo" for window in windows]
+    joined = (
+        f", joined up to {settings.window_rows:,} rows per window once the run has seen how "
+        "dense they are (TCXC_WINDOW_ROWS)"
+        if settings.window_rows
+        else ""
+    )
     click.echo(
         f"backfill plan: account {job.api_login}, prefix {job.prefix or '(all)'}, "
-        f"{len(windows)} window(s) of {settings.window}, {len(done)} already done"
+        f"{len(windows)} window(s) of {settings.window}{joined}, "
+        f"{marks.count('done')} already done"
     )
-    for window in windows:
-        mark = "done" if (window.start, window.end) in done else "todo"
+    for window, mark in zip(windows, marks, strict=True):
         click.echo(f"  {mark}  {window}")
 
 
