@@ -4,7 +4,8 @@ Two limits, both configurable: requests per second (a token bucket whose burst e
 rate) and requests per rolling hour. The per-second limit paces requests (waiting, cut short
 by a stop request); the hourly one is checked before each window starts: when it is spent the
 pass ends after the window it is on, the watermark stays where the last committed window put
-it, and a later pass resumes from there. The hourly count is seeded from the ledger (pages
+it, and a later pass resumes from there. Planned windows are joined only as far as the
+requests left in the hour should fetch them (``etl.pipeline``). The hourly count is seeded from the ledger (pages
 fetched in the last hour by any process), so `sync` from cron respects it across runs too.
 """
 

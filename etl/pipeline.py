@@ -146,7 +146,7 @@ def run_windows(
                 if _must_end(job, summary):
                     ending = True
                     break
-                window, covers = pending.take()
+                window, covers = pending.take(_rows_within_budget(job, workers))
                 slot, stream = idle.pop(), prefetch.PageStream()
                 probe = probe if answered else stream.answered
                 fetching[fetchers.submit(prefetch.fill, stream, slot, window)] = (slot, window)
@@ -189,10 +189,12 @@ class _Pending:
     def __bool__(self) -> bool:
         return bool(self._windows)
 
-    def take(self) -> tuple[Window, int]:
-        """The next window to sync, and how many planned windows it covers."""
+    def take(self, row_cap: int | None = None) -> tuple[Window, int]:
+        """The next window to sync, and how many planned windows it covers (joined up to
+        ``row_cap`` expected rows when that is below the target)."""
         density = self._rows / self._seconds if self._seconds else None
-        covers = coalesce_count(self._windows, density, self._target_rows, self._slots)
+        target = self._target_rows if row_cap is None else min(self._target_rows, row_cap)
+        covers = coalesce_count(self._windows, density, target, self._slots)
         window = Window(self._windows[0].start, self._windows[covers - 1].end)
         del self._windows[:covers]
         return window, covers
@@ -202,6 +204,16 @@ class _Pending:
         if rows is not None:
             self._rows += rows
             self._seconds += (window.end - window.start).total_seconds()
+
+
+def _rows_within_budget(job: Job, slots: int) -> int | None:
+    """The most rows a joined window may be expected to hold so that its requests (full pages
+    and the final empty one) fit this slot's share of what is left of the hourly budget."""
+    budget = job.budget
+    if budget is None or budget.per_hour <= 0:
+        return None
+    left = (budget.per_hour - budget.spent_this_hour()) // slots
+    return max(0, left - 1) * job.settings.page_size
 
 
 def _load(

@@ -78,3 +78,23 @@ def test_spent_budget_pauses_the_pass_and_a_later_pass_resumes(
     assert rest.ok and rest.summary is not None and rest.summary.status == "succeeded"
     count = table_rows(engine, "SELECT count(*) FROM cdr")[0][0]
     assert count == len({r["i_cdr"] for r in sim.records("buyer1")})
+
+
+def test_joined_windows_stay_within_the_hourly_budget(sim: Simulator, engine: Engine) -> None:
+    """A window joins no more planned windows than the requests left this hour can fetch (by
+    the density seen so far): the hour is overrun by at most what a planned window asks
+    (2 requests: ~200 rows a day, pages of 250, the empty page), as with unjoined windows.
+    Unbounded, the second window would join the 9 days left: 2 + 9 requests."""
+    settings = replace(
+        make_settings(sim),
+        start_date=datetime(2026, 9, 21),
+        window=timedelta(days=1),
+        window_rows=10_000,  # the whole range at once, were it not for the budget
+        workers=1,
+    )
+    now = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)
+    budget = RequestBudget(per_second=0, per_hour=7, clock=FakeClock())
+    result = run_pass(engine, replace(make_job(settings), budget=budget), INCREMENTAL, now)
+    assert result.summary is not None and result.summary.status == "paused"
+    assert 1 < result.summary.windows < 10
+    assert sim.requests_served <= 7 + 2
