@@ -117,6 +117,8 @@ def run_windows(
     soon as it has fetched the last one, so at most TCXC_WORKERS requests are in flight and at
     most twice that many windows are open. Until a window has received its first page, that
     window runs alone: a bad key or an unexpected API answer costs one window (one request).
+    Once a window has been fetched to its end, later windows join several planned ones (up to
+    TCXC_WINDOW_ROWS expected rows: ``_Pending``); a joined window is one transaction.
 
     With ``watermark`` (incremental passes) the watermark follows the chain of committed
     windows and the first failure stops new windows from starting, so the watermark stays
