@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import repeat
+from math import copysign
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -504,7 +505,12 @@ def _json_copy_texts(values: Sequence[Any], bad: set[int]) -> list[str]:
 
 def _float_texts(values: Sequence[float]) -> list[str] | None:
     """repr() of each float when every one is a plain decimal within the numeric limits (so
-    it is also how jsonb prints it), else None. Cached: prices repeat across a page."""
+    it is also how jsonb prints it), else None. Cached: prices repeat across a page.
+
+    -0.0 equals 0.0 and hashes alike, so the cache (and a set) would take one for the other: a
+    page holding a negative zero goes value by value (its repr is not a plain decimal)."""
+    if 0.0 in values and any(value == 0.0 and copysign(1.0, value) < 0 for value in values):
+        return None
     texts: list[str | None] = list(map(_FLOAT_TEXTS.get, values))
     if None in texts:
         if len(_FLOAT_TEXTS) > _MAX_CACHED:

@@ -211,3 +211,18 @@ def test_a_record_the_reference_rejects_is_rejected_in_every_mode() -> None:
     for mode in payload.MODES:
         with pytest.raises(InvalidRecordError, match="duration"):
             Normalizer("b", ZoneInfo("UTC"), mode).normalize(bad)
+
+
+@pytest.mark.parametrize("negative_at", [0, 1])
+def test_a_negative_zero_price_is_kept_beside_a_zero_one(negative_at: int) -> None:
+    """-0.0 equals 0.0 (and hashes alike): a page holding both keeps the negative zero in its
+    record's payload, as the reference does (the page path once took it for the 0.0 it had
+    cached, and dropped it; jsonb prints both as 0.0)."""
+    records = [{**SAMPLE, "billing_price_n": 0.0}, {**SAMPLE, "billing_price_n": 0.0}]
+    records[negative_at]["billing_price_n"] = -0.0
+    normalizer = Normalizer("b", ZoneInfo("UTC"), payload.COMPACT)
+    _assert_page_matches_reference(normalizer, records)
+    lines = normalizer.normalize_page(records).copy_text.split("\n")[:2]
+    kept = [orjson.loads(line.split("\t")[-1].replace("\\\\", "\\")) for line in lines]
+    assert "billing_price_n" in kept[negative_at]
+    assert "billing_price_n" not in kept[1 - negative_at]
