@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from etl.config import Account
+from etl.windows import Coverage, Window
 
 _ACCOUNT = text(
     """
@@ -19,14 +20,25 @@ _ACCOUNT = text(
         ORDER BY id DESC LIMIT 1),
       (SELECT max(finished_at) FROM etl_run WHERE api_login = :login AND status = 'succeeded'),
       (SELECT coalesce(sum(inserted), 0) FROM sync_window
-        WHERE api_login = :login AND status = 'done' AND finished_at > :since),
-      (SELECT count(*) FROM sync_window f WHERE f.api_login = :login AND f.prefix = :prefix
-        AND f.status = 'failed'
-        AND NOT EXISTS (SELECT 1 FROM sync_window d WHERE d.api_login = f.api_login
-          AND d.prefix = f.prefix AND d.status = 'done' AND d.window_start <= f.window_start
-          AND d.window_end >= f.window_end AND d.id > f.id)
-        AND f.window_end > coalesce((SELECT watermark FROM sync_state s
-          WHERE s.api_login = f.api_login AND s.prefix = f.prefix), '-infinity'))
+        WHERE api_login = :login AND status = 'done' AND finished_at > :since)
+    """
+)
+# Failed windows past the watermark, and the windows committed after the first of them that
+# overlap them: a failed window is settled once later committed windows cover it between
+# them (a retry may join planned windows otherwise than the failed run did).
+_FAILED = text(
+    """
+    SELECT f.id, f.window_start, f.window_end FROM sync_window f
+    WHERE f.api_login = :login AND f.prefix = :prefix AND f.status = 'failed'
+      AND f.window_end > coalesce((SELECT watermark FROM sync_state s
+        WHERE s.api_login = f.api_login AND s.prefix = f.prefix), '-infinity')
+    """
+)
+_DONE_AFTER = text(
+    """
+    SELECT d.id, d.window_start, d.window_end FROM sync_window d
+    WHERE d.api_login = :login AND d.prefix = :prefix AND d.status = 'done' AND d.id > :after
+      AND d.window_end >= :lo AND d.window_start <= :hi
     """
 )
 
@@ -58,12 +70,29 @@ def account_status(
     engine: Engine, account: Account, now: datetime, alert_after: timedelta
 ) -> AccountStatus:
     """Read the account's watermark, last run and recent activity."""
+    names = {"login": account.login, "prefix": account.prefix}
     with engine.connect() as conn:
-        row = conn.execute(
-            _ACCOUNT,
-            {"login": account.login, "prefix": account.prefix, "since": now - timedelta(days=1)},
-        ).one()
-    watermark, last_status, last_at, last_ok, rows_24h, pending = row
+        row = conn.execute(_ACCOUNT, {**names, "since": now - timedelta(days=1)}).one()
+        failed = conn.execute(_FAILED, names).all()
+        done = (
+            conn.execute(
+                _DONE_AFTER,
+                {
+                    **names,
+                    "after": min(f.id for f in failed),
+                    "lo": min(f.window_start for f in failed),
+                    "hi": max(f.window_end for f in failed),
+                },
+            ).all()
+            if failed
+            else []
+        )
+    watermark, last_status, last_at, last_ok, rows_24h = row
+    pending = sum(
+        Window(f.window_start, f.window_end)
+        not in Coverage((d.window_start, d.window_end) for d in done if d.id > f.id)
+        for f in failed
+    )
     lag = (now - watermark).total_seconds() if watermark else None
     return AccountStatus(
         api_login=account.login,

@@ -1,0 +1,54 @@
+"""``tcxc-etl status``'s reading of the ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+from etl import state
+from etl.config import Account, Secret
+from etl.status import account_status
+
+DAY = timedelta(days=1)
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def _ledger(engine: Engine, *windows: tuple[str, int, int]) -> None:
+    """Ledger rows (status, first day, last day) of account buyer1, in this order."""
+    run_id = state.start_run(engine, "backfill", "buyer1", T0, T0 + 30 * DAY)
+    with engine.begin() as conn:
+        for status, first, last in windows:
+            conn.execute(
+                text(
+                    "INSERT INTO sync_window (run_id, api_login, prefix, window_start, window_end,"
+                    " status) VALUES (:run, 'buyer1', '', :start, :end, :status)"
+                ),
+                {
+                    "run": run_id,
+                    "start": T0 + first * DAY,
+                    "end": T0 + last * DAY,
+                    "status": status,
+                },
+            )
+
+
+def _pending(engine: Engine) -> int:
+    status = account_status(engine, Account("buyer1", Secret("k")), T0 + 40 * DAY, DAY)
+    return status.failed_windows_pending
+
+
+def test_a_failed_window_is_settled_by_later_windows_covering_it_together(
+    engine: Engine,
+) -> None:
+    """Windows are joined by density, so a retry may cut a failed window's range otherwise:
+    it is settled once later committed windows cover it between them, not only by one."""
+    _ledger(engine, ("failed", 5, 12), ("done", 5, 6), ("done", 6, 9))
+    assert _pending(engine) == 1, "days 9-12 are not covered yet"
+    _ledger(engine, ("done", 9, 14))
+    assert _pending(engine) == 0
+
+
+def test_a_window_committed_before_the_failure_does_not_settle_it(engine: Engine) -> None:
+    _ledger(engine, ("done", 0, 20), ("failed", 5, 12))
+    assert _pending(engine) == 1
