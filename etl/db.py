@@ -117,11 +117,19 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 @contextmanager
 def open_database(url: str, embedded_dir: Path | None, embedded_port: int) -> Iterator[Engine]:
-    """An engine on ``url``, or on the embedded PostgreSQL (started on demand) if it is ''."""
+    """An engine on ``url``, or on the embedded PostgreSQL (started on demand) if it is ''.
+
+    A configured database is reached once at once, so that a wrong host, port, password or
+    name stops with one line naming DATABASE_URL rather than at the first query, wherever
+    that is; errors of the block itself are translated too (no command shows a driver error
+    as an internal one)."""
     if url:
         engine = make_engine(url)
         try:
-            yield engine
+            with database_errors("connecting to DATABASE_URL"), engine.connect():
+                pass
+            with database_errors("a database command"):
+                yield engine
         finally:
             engine.dispose()
         return
@@ -132,6 +140,7 @@ def open_database(url: str, embedded_dir: Path | None, embedded_port: int) -> It
         log.info("using the embedded PostgreSQL data_dir=%s url=%s", data_dir, embedded_url)
         engine = make_engine(embedded_url)
         try:
-            yield engine
+            with database_errors("a database command"):
+                yield engine
         finally:
             engine.dispose()

@@ -10,7 +10,7 @@ import pytest
 
 from etl.cli import cli
 from etl.simulator import Simulator
-from tests.conftest import ROOT, run_cli, sim_env
+from tests.conftest import ROOT, free_port, run_cli, sim_env
 
 CLI_ENV = {"TCXC_PAGE_SIZE": "500"}  # this file's settings on top of sim_env's
 
@@ -66,6 +66,37 @@ def test_missing_credentials_exit_2(database_url: str) -> None:
     )
     assert result.returncode == 2
     assert "TCXC_API_LOGIN" in result.stderr and "TCXC_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("report",),
+        ("backfill", "--from", "2026-09-21", "--to", "2026-09-23"),
+        ("sync",),
+    ],
+)
+def test_unreachable_database_is_one_line_naming_database_url(args: tuple[str, ...]) -> None:
+    """A database that refuses connections: exit 1 and one readable line naming DATABASE_URL
+    (never an 'internal error'), without the password."""
+    url = f"postgresql://tcxc:pw-S3CRET@127.0.0.1:{free_port()}/warehouse"
+    env = {"DATABASE_URL": url, "TCXC_API_LOGIN": "buyer1", "TCXC_API_KEY": "key-one"}
+    result = run_cli(*args, env=env)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tcxc-etl: error")]
+    assert len(errors) == 1 and "DATABASE_URL" in errors[0], result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "pw-S3CRET" not in result.stderr + result.stdout
+
+
+def test_dry_run_without_a_database_still_prints_the_plan() -> None:
+    url = f"postgresql://tcxc@127.0.0.1:{free_port()}/warehouse"
+    env = {"DATABASE_URL": url, "TCXC_API_LOGIN": "buyer1", "TCXC_API_KEY": "key-one"}
+    result = run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "cannot read the ledger" in result.stderr and "DATABASE_URL" in result.stderr
+    assert result.stdout.count("todo") == 2
 
 
 def test_bad_dates_exit_2() -> None:
