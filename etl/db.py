@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -113,6 +113,38 @@ def downgrade(engine: Engine, revision: str) -> None:
         from alembic import command
 
         command.downgrade(cfg, revision)
+
+
+# The schema revision this code needs (the head of migrations/versions). Commands check it
+# without importing alembic; a test keeps it equal to alembic's head.
+SCHEMA_REVISION = "0005"
+
+
+def check_schema(engine: Engine) -> None:
+    """Fail with what to do unless the database holds this version's schema."""
+    with database_errors("reading the schema version"), engine.connect() as conn:
+        present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+        versions = (
+            list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+            if present.scalar_one()
+            else []
+        )
+    if versions == [SCHEMA_REVISION]:
+        return
+    if not versions:
+        raise DatabaseError(
+            "the database (DATABASE_URL) has no tcxc-etl schema: run `tcxc-etl migrate` first"
+        )
+    found = ", ".join(sorted(versions))
+    if all(version < SCHEMA_REVISION for version in versions):
+        raise DatabaseError(
+            f"the database schema is at revision {found}, this tcxc-etl needs "
+            f"{SCHEMA_REVISION}: run `tcxc-etl migrate`"
+        )
+    raise DatabaseError(
+        f"the database schema is at revision {found}, newer than this tcxc-etl knows "
+        f"({SCHEMA_REVISION}): upgrade tcxc-etl"
+    )
 
 
 @contextmanager

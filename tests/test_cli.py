@@ -120,6 +120,25 @@ def test_migrate_on_an_empty_database(empty_database_url: str) -> None:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() is not None
 
 
+@pytest.mark.parametrize("args", [("status",), ("sync",), ("report",)])
+def test_a_database_without_the_schema_says_to_migrate(
+    empty_database_url: str, args: tuple[str, ...]
+) -> None:
+    """An empty (or older) database: one line saying to run `tcxc-etl migrate`, not a
+    missing-relation error from wherever the first query happens to be."""
+    env = {"DATABASE_URL": empty_database_url, "TCXC_API_LOGIN": "b", "TCXC_API_KEY": "k"}
+    result = run_cli(*args, env=env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tcxc-etl: error")]
+    assert len(errors) == 1 and "tcxc-etl migrate" in errors[0], result.stderr
+    assert "does not exist" not in result.stderr
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0004')")
+    older = run_cli(*args, env=env)
+    assert older.returncode == 1 and "0004" in older.stderr and "tcxc-etl migrate" in older.stderr
+
+
 def test_every_command_is_documented_in_the_readme() -> None:
     """Each CLI command appears in the README as `tcxc-etl <command>`."""
     readme = (ROOT / "README.md").read_text()

@@ -18,6 +18,13 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+def test_the_schema_revision_commands_check_is_alembics_head() -> None:
+    """Commands check the schema against db.SCHEMA_REVISION without importing alembic."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(db.alembic_config()).get_heads() == [db.SCHEMA_REVISION]
+
+
 def test_upgrade_downgrade_upgrade_round_trips(empty_database_url: str) -> None:
     """upgrade head, downgrade base, upgrade head: each step leaves the expected tables."""
     engine = db.make_engine(empty_database_url)

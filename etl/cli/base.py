@@ -63,10 +63,14 @@ def parse_range(date_from: str, date_to: str, settings: Settings) -> tuple[datet
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[Engine]:
+def database(settings: Settings, *, schema: bool = True) -> Iterator[Engine]:
+    """The configured (or embedded) database; with ``schema``, checked to hold this version's
+    schema (every command but those that migrate)."""
     with db.open_database(
         settings.database_url.reveal(), settings.embedded_dir, settings.embedded_port
     ) as engine:
+        if schema:
+            db.check_schema(engine)
         yield engine
 
 

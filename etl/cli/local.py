@@ -119,7 +119,7 @@ def demo(app: AppContext, cdrs: int, days: int) -> None:
             api_timezone=ZoneInfo("UTC"),
         )
         click.echo(f"simulator: {sim.url}, {cdrs:,} CDRs over {days} days")
-        with database(settings) as engine:
+        with database(settings, schema=False) as engine:
             db.migrate(engine)
             click.echo(f"database: {mask_url(db.libpq_url(engine.url.render_as_string(False)))}")
             run_backfill(

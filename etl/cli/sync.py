@@ -58,7 +58,7 @@ def run_backfill(
 @click.pass_obj
 def migrate(app: AppContext) -> None:
     """Upgrade the database schema to the latest version (alembic upgrade head)."""
-    with database(app.settings) as engine:
+    with database(app.settings, schema=False) as engine:
         db.migrate(engine)
     click.echo("database schema is up to date")
 
