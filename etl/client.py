@@ -100,7 +100,9 @@ class ApiClient:
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise RetriableApiError("the API did not answer in time") from None
         except requests.ConnectionError as exc:
-            raise RetriableApiError(f"cannot reach the API: {_reason(exc)}") from None
+            raise RetriableApiError(
+                f"cannot reach the API at {self.url} (TCXC_API_URL): {_reason(exc)}"
+            ) from None
         except urllib3.exceptions.ProtocolError:
             raise RetriableApiError("the connection broke while the answer was read") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:

@@ -13,6 +13,7 @@ from etl.client import ApiClient
 from etl.errors import AuthError, FatalApiError, RateLimitedError, RetriableApiError
 from etl.retry import RetryPolicy, call_with_retry
 from etl.simulator import Fault, Simulator
+from tests.conftest import free_port
 
 
 class Clock:
@@ -126,3 +127,12 @@ def test_every_attempt_is_freshly_signed(sim: Simulator) -> None:
     assert len({form["ts"] for form in session.forms}) == 3
     assert len({form["signature"] for form in session.forms}) == 3
     assert session.verify is True, "TLS verification stays on"
+
+
+def test_an_unreachable_api_names_its_url_and_setting() -> None:
+    """Nothing listens: a retriable error naming TCXC_API_URL and where it points."""
+    url = f"http://127.0.0.1:{free_port()}/buyers/callhistory"
+    with pytest.raises(RetriableApiError, match="cannot reach the API") as caught:
+        ApiClient(url, "b", "k-SECRET", connect_timeout=2).fetch_page({"off": "0"})
+    assert "TCXC_API_URL" in str(caught.value) and url in str(caught.value)
+    assert "k-SECRET" not in str(caught.value)
