@@ -91,12 +91,20 @@ def test_unreachable_database_is_one_line_naming_database_url(args: tuple[str, .
 
 
 def test_dry_run_without_a_database_still_prints_the_plan() -> None:
+    """The plan (planned windows, and that they will be joined) even when the ledger cannot
+    be read."""
     url = f"postgresql://tcxc@127.0.0.1:{free_port()}/warehouse"
-    env = {"DATABASE_URL": url, "TCXC_API_LOGIN": "buyer1", "TCXC_API_KEY": "key-one"}
+    env = {
+        "DATABASE_URL": url,
+        "TCXC_API_LOGIN": "buyer1",
+        "TCXC_API_KEY": "key-one",
+        "TCXC_WINDOW_ROWS": "50000",
+    }
     result = run_cli("backfill", "--from", "2026-09-21", "--to", "2026-09-23", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert "cannot read the ledger" in result.stderr and "DATABASE_URL" in result.stderr
     assert result.stdout.count("todo") == 2
+    assert "joined up to 50,000 rows" in result.stdout
 
 
 def test_bad_dates_exit_2() -> None:
