@@ -109,6 +109,7 @@ def run_windows(
     *,
     watermark: bool = False,
     on_window: OnWindow | None = None,
+    density: float | None = None,
 ) -> RunSummary:
     """Sync ``windows`` into ``summary`` with TCXC_WORKERS fetch slots (see ``etl.prefetch``).
 
@@ -117,8 +118,9 @@ def run_windows(
     soon as it has fetched the last one, so at most TCXC_WORKERS requests are in flight and at
     most twice that many windows are open. Until a window has received its first page, that
     window runs alone: a bad key or an unexpected API answer costs one window (one request).
-    Once a window has been fetched to its end, later windows join several planned ones (up to
-    TCXC_WINDOW_ROWS expected rows: ``_Pending``); a joined window is one transaction.
+    Windows join several planned ones (up to TCXC_WINDOW_ROWS expected rows: ``_Pending``) at
+    the ``density`` (rows per second) of the account's earlier windows, and at the run's own
+    once a window has been fetched to its end; a joined window is one transaction.
 
     With ``watermark`` (incremental passes) the watermark follows the chain of committed
     windows and the first failure stops new windows from starting, so the watermark stays
@@ -128,7 +130,7 @@ def run_windows(
     """
     chain = WatermarkChain(job, windows[0].start) if watermark and windows else None
     workers = max(1, min(job.settings.workers, len(windows)))
-    pending = _Pending(windows, job.settings.window_rows, workers)
+    pending = _Pending(windows, job.settings.window_rows, workers, density)
     fetching: dict[Future[int | None], tuple[Job, Window]] = {}
     loading: dict[Future[Counts], tuple[Window, int]] = {}
     idle = [job] + [replace(job, client=job.client.clone()) for _ in range(workers - 1)]
@@ -181,11 +183,14 @@ def run_windows(
 
 class _Pending:
     """The planned windows not started yet, handed out joined (``etl.windows.coalesce_count``)
-    by the row density of the windows fully fetched so far in the run."""
+    by the row density of the windows fully fetched so far in the run (until there is one, by
+    ``seed``, the density of the account's earlier windows)."""
 
-    def __init__(self, windows: Sequence[Window], target_rows: int, slots: int) -> None:
+    def __init__(
+        self, windows: Sequence[Window], target_rows: int, slots: int, seed: float | None = None
+    ) -> None:
         self._windows = list(windows)
-        self._target_rows, self._slots = target_rows, slots
+        self._target_rows, self._slots, self._seed = target_rows, slots, seed
         self._rows, self._seconds = 0, 0.0
 
     def __bool__(self) -> bool:
@@ -194,7 +199,7 @@ class _Pending:
     def take(self, row_cap: int | None = None) -> tuple[Window, int]:
         """The next window to sync, and how many planned windows it covers (joined up to
         ``row_cap`` expected rows when that is below the target)."""
-        density = self._rows / self._seconds if self._seconds else None
+        density = self._rows / self._seconds if self._seconds else self._seed
         target = self._target_rows if row_cap is None else min(self._target_rows, row_cap)
         covers = coalesce_count(self._windows, density, target, self._slots)
         window = Window(self._windows[0].start, self._windows[covers - 1].end)
@@ -320,8 +325,15 @@ def run_logged(
     summary.skipped = len(windows) - len(todo)
     if job.budget is not None:
         job.budget.seed(state.requests_last_hour(engine, job.api_login))
+    density = (
+        state.recent_density(engine, job.api_login, job.prefix)
+        if job.settings.window_rows
+        else None
+    )
     try:
-        run_windows(engine, job, todo, summary, watermark=watermark, on_window=on_window)
+        run_windows(
+            engine, job, todo, summary, watermark=watermark, on_window=on_window, density=density
+        )
     finally:
         close_run(engine, summary)
         log.info(

@@ -290,3 +290,23 @@ def test_a_resumed_backfill_skips_what_joined_windows_committed(
     assert second.windows + second.skipped == 20
     assert first.counts.inserted + second.counts.inserted == len(_api_ids(sim))
     assert _db_ids(engine) == _api_ids(sim)
+
+
+def test_a_later_run_joins_windows_from_its_first_by_the_ledger_density(
+    sim: Simulator, engine: Engine
+) -> None:
+    """The account's last committed windows say how dense it is: a later run need not sync a
+    lone planned window first to find out."""
+    settings = make_settings(sim, **JOINING)
+    start, end = sim_range()
+    middle = start + (end - start) / 2
+    pipeline.backfill(engine, make_job(settings), start, middle)
+    later = pipeline.backfill(engine, make_job(settings), middle, end)
+    assert later.ok and later.windows == 10
+    first_start, first_end = table_rows(
+        engine,
+        "SELECT window_start, window_end FROM sync_window WHERE status = 'done'"
+        f" AND run_id = {later.run_id} ORDER BY window_start LIMIT 1",
+    )[0]
+    assert first_start == middle and first_end - first_start > JOINING["window"]
+    assert _db_ids(engine) == _api_ids(sim)
