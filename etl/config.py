@@ -8,6 +8,7 @@ Secrets are held in ``Secret`` so that no repr, log line or error can show them.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -165,25 +166,41 @@ def _cron(text: str) -> str:
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = int(text)
+        expected = f"must be a whole number between {low} and {high}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(expected) from None
         if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
+            raise ValueError(expected)
         return value
 
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
+def _number(text: str, expected: str) -> float:
+    """``text`` as a finite float, or a ValueError saying ``expected``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value):
+        raise ValueError(expected)
     return value
 
 
+def _positive_float(text: str) -> float:
+    expected = "must be a positive number of seconds"
+    if not _number(text, expected) > 0:
+        raise ValueError(expected)
+    return float(text)
+
+
 def _rate(text: str) -> float:
-    value = float(text)
+    expected = "must be between 0 (no limit) and 100000 requests per second"
+    value = _number(text, expected)
     if not 0 <= value <= 100_000:
-        raise ValueError("must be between 0 (no limit) and 100000 requests per second")
+        raise ValueError(expected)
     return value
 
 

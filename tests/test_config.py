@@ -66,3 +66,20 @@ def test_mask_url_hides_the_password() -> None:
     """A database URL printed for the operator shows *** instead of the password."""
     assert mask_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert repr(Secret("x")) == "Secret('********')"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("TCXC_WINDOW_ROWS", "lots", "must be a whole number between 0 and 10000000"),
+        ("TCXC_WORKERS", "2.5", "must be a whole number between 1 and 32"),
+        ("TCXC_READ_TIMEOUT", "soon", "must be a positive number of seconds"),
+        ("TCXC_REQUESTS_PER_SECOND", "fast", "must be between 0 (no limit) and 100000"),
+    ],
+)
+def test_a_number_that_is_not_one_says_what_is_expected(name: str, value: str, says: str) -> None:
+    """Not Python's own parsing message ("invalid literal for int() ...")."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert name in str(info.value) and says in str(info.value)
+    assert "invalid literal" not in str(info.value) and "could not convert" not in str(info.value)
