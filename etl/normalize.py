@@ -170,7 +170,7 @@ class Normalizer:
             raw_json = orjson.dumps(raw).decode()
         except TypeError as exc:  # orjson refuses e.g. integers beyond 64 bits
             raise InvalidRecordError(f"payload cannot be stored as JSON: {exc}") from None
-        if "\\u0000" in raw_json:
+        if _holds_nul(raw_json):
             raise InvalidRecordError("payload contains a NUL character")
         return (*values, self.api_login, self._digester.digest(record), raw_json)
 
@@ -585,11 +585,21 @@ def _payload_texts(raws: Sequence[Any], bad: set[int]) -> list[str]:
     return texts
 
 
+# A NUL character as JSON writes it (jsonb cannot hold one): \u0000 after an even number of
+# backslashes; after an odd number, the backslash before "u0000" is itself escaped text.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _holds_nul(json_text: str) -> bool:
+    """Whether JSON text holds a NUL character (a substring test first, at C speed)."""
+    return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
+
+
 def _raw_copy_texts(texts: list[str], bad: set[int]) -> list[str]:
     """Payload texts as COPY fields; one holding a NUL character puts its record in bad."""
     joined = "".join(texts)
-    if "\\u0000" in joined:  # the reference refuses these (see ``normalize``)
-        bad.update(index for index, text in enumerate(texts) if "\\u0000" in text)
+    if _holds_nul(joined):  # the reference refuses these (see ``normalize``)
+        bad.update(index for index, text in enumerate(texts) if _holds_nul(text))
     if "\\" in joined:
         return [text.replace("\\", "\\\\") for text in texts]
     return texts

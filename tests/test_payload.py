@@ -226,3 +226,27 @@ def test_a_negative_zero_price_is_kept_beside_a_zero_one(negative_at: int) -> No
     kept = [orjson.loads(line.split("\t")[-1].replace("\\\\", "\\")) for line in lines]
     assert "billing_price_n" in kept[negative_at]
     assert "billing_price_n" not in kept[1 - negative_at]
+
+
+@pytest.mark.parametrize("mode", payload.MODES)
+@pytest.mark.parametrize(
+    ("text", "rejected"),
+    [("\\u0000", False), ("a\\\\u0000", False), ("\x00", True), ("\\\x00", True)],
+)
+def test_only_a_real_nul_character_rejects_a_record(
+    database_url: str, mode: str, text: str, rejected: bool
+) -> None:
+    """The text `\\u0000` (a backslash, then u0000) is ordinary text jsonb stores; only a NUL
+    character (which jsonb cannot hold) rejects the record, on the page path as in the
+    reference (the check once matched the escaped backslash's text too)."""
+    records = [{**SAMPLE, "description": text}, {**SAMPLE, "i_cdr": "7", "unknown": text}]
+    normalizer = Normalizer("b", ZoneInfo("UTC"), mode)
+    _assert_page_matches_reference(normalizer, records)
+    page = normalizer.normalize_page(records)
+    assert (len(page.rejects) == 2) is rejected and (not page.rejects) is not rejected
+    if not rejected:
+        record = "api_record(ROW(t.*)::cdr)"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            rebuilt = _load(conn, page.copy_text, f"{record} ->> 'description'")
+            unknown = _load(conn, page.copy_text, f"{record} ->> 'unknown'")
+        assert rebuilt[0] == text and unknown == [None, text]
