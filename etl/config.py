@@ -191,9 +191,10 @@ def _number(text: str, expected: str) -> float:
 
 def _positive_float(text: str) -> float:
     expected = "must be a positive number of seconds"
-    if not _number(text, expected) > 0:
+    value = _number(text, expected)
+    if not value > 0:
         raise ValueError(expected)
-    return float(text)
+    return value
 
 
 def _rate(text: str) -> float:

@@ -50,7 +50,7 @@ UTC_ZONES = frozenset({"UTC", "Etc/UTC"})
 _INTEGER = r"0|[1-9][0-9]*"
 _DECIMAL = r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?|-(?:[1-9][0-9]*(?:\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*)"
 _TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
-_SEP = "\x1f"  # joins a column's values (no pattern matches it)
+SEP = "\x1f"  # joins a column's values for the pattern checks here and in etl.normalize
 _NAMES = dict(zip(API_KEYS, FIELDS, strict=True))
 
 
@@ -101,8 +101,8 @@ ALL, NULLS, CHECK, NUMBERS = "all", "nulls", "check", "numbers"
 # A plain-decimal string (as the fast checks accept them) that a column prints otherwise: a
 # leading zero, or a negative zero; searched in the values joined between separators (a
 # literal first character lets the search skip ahead at C speed).
-_LEADING_ZERO = re.compile(f"{_SEP}-?0[0-9]")
-_NEGATIVE_ZERO = re.compile(f"{_SEP}-0(?:\\.0+)?{_SEP}")
+_LEADING_ZERO = re.compile(f"{SEP}-?0[0-9]")
+_NEGATIVE_ZERO = re.compile(f"{SEP}-0(?:\\.0+)?{SEP}")
 
 
 def present_state(full: bool) -> str:
@@ -112,7 +112,7 @@ def present_state(full: bool) -> str:
 
 def strings_state(present: Sequence[str], full: bool) -> str:
     """The state of a column of digit strings (optionally signed, with a fraction)."""
-    joined = _SEP + _SEP.join(present) + _SEP
+    joined = SEP + SEP.join(present) + SEP
     if _LEADING_ZERO.search(joined) or ("-" in joined and _NEGATIVE_ZERO.search(joined)):
         return CHECK
     return present_state(full)

@@ -176,23 +176,19 @@ def backfill_windows_done(
     return {(row[0], row[1]) for row in rows}
 
 
-_RECENT_DENSITY = """
+_RECENT_DENSITY = text("""
 SELECT coalesce(sum(rows_fetched), 0),
        coalesce(sum(extract(epoch FROM window_end - window_start)), 0)::float8
 FROM (SELECT rows_fetched, window_start, window_end FROM sync_window
-      WHERE api_login = %(login)s AND prefix = %(prefix)s AND status = 'done'
+      WHERE api_login = :login AND prefix = :prefix AND status = 'done'
       ORDER BY id DESC LIMIT 50) recent
-"""
+""")
 
 
 def recent_density(engine: Engine, api_login: str, prefix: str) -> float | None:
     """Rows per second of the account's last 50 committed windows (None: none yet)."""
-    with engine.connect() as sa_conn:
-        conn = sa_conn.connection.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        row = conn.execute(_RECENT_DENSITY, {"login": api_login, "prefix": prefix}).fetchone()
-    assert row is not None
-    rows, seconds = row
+    with engine.connect() as conn:
+        rows, seconds = conn.execute(_RECENT_DENSITY, {"login": api_login, "prefix": prefix}).one()
     return float(rows) / seconds if seconds else None
 
 

@@ -114,6 +114,3 @@ class Coverage:
             return False
         at = bisect_right(self._starts, window.start) - 1
         return at >= 0 and window.end <= self._ends[at]
-
-    def __len__(self) -> int:
-        return len(self._starts)
