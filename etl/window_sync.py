@@ -27,7 +27,7 @@ from etl.config import Settings
 from etl.db import database_errors
 from etl.errors import ApiError, EtlError, InvalidRecordError, StopRequestedError
 from etl.normalize import Normalizer
-from etl.pagination import OffsetPaginator, distinct_count, page_digest
+from etl.pagination import OffsetPaginator, page_digest
 from etl.retry import RetryPolicy, call_with_retry
 from etl.state import Counts
 from etl.windows import Window
@@ -136,10 +136,10 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
-            paginator.advance(distinct_count(page.records), page_digest(page.body))
+            records = paginator.take(page.records, page_digest(page.body))
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
-        yield page.records
+        yield records
 
 
 def load_window(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.errors import PaginationError
-from etl.pagination import OffsetPaginator, distinct_count, page_digest
+from etl.pagination import OffsetPaginator, distinct_count, page_digest, tail_tie
 
 
 def _serve(total: int, cap: int, paginator: OffsetPaginator) -> list[int]:
@@ -67,3 +71,98 @@ def test_page_limit_guard() -> None:
     paginator.advance(1, b"b")
     with pytest.raises(PaginationError, match="TCXC_WINDOW"):
         paginator.advance(1, b"c")
+
+
+def _tie_server(
+    seconds: list[int], cap: int, reorder: bool
+) -> Callable[[int, int], list[dict[str, str]]]:
+    """Records in ascending second; each request orders the records of one second its own way
+    (as ``ORDER BY setup_time LIMIT .. OFFSET ..`` may) when ``reorder``; pages cut at ``cap``."""
+    rows = sorted((second, number) for number, second in enumerate(seconds))
+
+    def serve(off: int, pager: int) -> list[dict[str, str]]:
+        salt = random.Random(off * 7919 + pager).random() if reorder else 0.0
+        order = sorted(rows, key=lambda row: (row[0], random.Random(row[1] + salt).random()))
+        return [
+            {"i_cdr": str(n), "setup_time": f"2026-01-01 00:{s // 60:02d}:{s % 60:02d}"}
+            for s, n in order[off : off + min(pager, cap)]
+        ]
+
+    return serve
+
+
+def _take_all(serve: Callable[[int, int], list[Any]], paginator: OffsetPaginator) -> list[str]:
+    delivered: list[str] = []
+    while not paginator.done:
+        off, pager = int(paginator.params()["off"]), int(paginator.params()["pager"])
+        page = serve(off, pager)
+        delivered += [r["i_cdr"] for r in paginator.take(page, page_digest(repr(page).encode()))]
+    return delivered
+
+
+@given(
+    seconds=st.lists(st.integers(0, 40), max_size=300),
+    page_size=st.integers(2, 60),
+    cap=st.integers(2, 80),
+    reorder=st.booleans(),
+)
+def test_ties_cut_differently_per_request_are_read_whole_and_once(
+    seconds: list[int], page_size: int, cap: int, reorder: bool
+) -> None:
+    """Whatever order each request gives records sharing a second, and whatever the server's
+    cap, every record is delivered exactly once (or the page that is one tie is refused)."""
+    paginator = OffsetPaginator(page_size)
+    try:
+        delivered = _take_all(_tie_server(seconds, cap, reorder), paginator)
+    except PaginationError as exc:
+        assert "shares one second" in str(exc)
+        assert max(map(seconds.count, seconds)) >= min(page_size, cap)
+        return
+    assert sorted(delivered, key=int) == [str(n) for n in range(len(seconds))]
+
+
+def test_plain_offset_walk_misses_reordered_ties() -> None:
+    """The fault the tie guard is for: advancing by rows received, ties cut differently per
+    request read some records twice and others never."""
+    serve = _tie_server([n // 4 for n in range(200)], cap=10, reorder=True)
+    seen: list[str] = []
+    off = 0
+    while page := serve(off, 10):
+        seen += [r["i_cdr"] for r in page]
+        off += len(page)
+    assert len(set(seen)) < 200 == len(seen)
+    assert sorted(set(_take_all(serve, OffsetPaginator(10))), key=int) == [
+        str(n) for n in range(200)
+    ]
+
+
+def test_ties_cost_no_extra_request_when_pages_are_full() -> None:
+    """A tie at the end of a full page is read again by the next request, not by an extra
+    one: 95 records of distinct seconds but at page ends, 10 a page, take 11 requests (the
+    last one empty) as without the guard."""
+    seconds = [n - (n % 10 == 0 and n > 0) for n in range(95)]  # each page's first = last's
+    serve = _tie_server(seconds, cap=100, reorder=False)
+    paginator = OffsetPaginator(10)
+    delivered = _take_all(serve, paginator)
+    assert sorted(delivered, key=int) == [str(n) for n in range(95)] and len(delivered) == 95
+    assert paginator.pages <= 12
+
+
+def test_tail_tie_is_the_run_of_the_last_records_value() -> None:
+    """The records a tie cut at the page's end may hold: the longest run at the end that
+    shares the last record's value of a time field (at least the last record itself)."""
+
+    def page(*times: str, field: str = "setup_time") -> list[dict[str, str]]:
+        return [{"i_cdr": str(n), field: t} for n, t in enumerate(times)]
+
+    assert tail_tie(page("00:01", "00:02")) == 1
+    assert tail_tie(page("00:01", "00:02", "00:02", "00:02")) == 3
+    assert tail_tie(page("00:03", "00:02", "00:02", field="disconnect_time")) == 2
+    assert tail_tie(page("00:02", "00:01", "00:02")) == 1
+    both = [{"i_cdr": "1", "setup_time": "a", "connect_time": "x"}] + [
+        {"i_cdr": str(n), "setup_time": "b", "connect_time": "y"} for n in (2, 3)
+    ]
+    assert tail_tie([*both, {"i_cdr": "4", "setup_time": "b", "connect_time": "z"}]) == 3
+    assert tail_tie([{"i_cdr": "1"}, {"i_cdr": "2"}]) == 0  # no time to sort by
+    assert tail_tie(page("00:01")) == 0  # one record: nothing to re-read
+    assert tail_tie([{"setup_time": "00:01"}, None]) == 0

@@ -6,7 +6,7 @@ import http.client
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -262,6 +262,25 @@ def test_pagination_covers_every_row_once(order: str, session: requests.Session)
         assert keys == sorted(keys, reverse=True)
     else:
         assert keys not in (sorted(keys), sorted(keys, reverse=True))
+
+
+def test_ties_order_cuts_shared_seconds_differently_per_request(
+    session: requests.Session,
+) -> None:
+    """ "ties": ascending setup time, rows of one second in an order of each request's own: a
+    plain offset walk then reads some rows twice and misses others (what the client guards
+    against, etl.pagination), while every request still holds the rows of its positions."""
+    start = END - timedelta(minutes=5)
+    with Simulator(config(order="ties", cdrs=900, start=start)) as sim:
+        whole = session.post(sim.url, data=params(pager="1000")).json()["cdrs"]
+        walked = fetch_all(sim, session, pager=10)
+        truth = sim.records("demo")
+    times = [r["setup_time"] for r in whole]
+    assert times == sorted(times) and len(set(times)) < len(times) / 2  # dense: many ties
+    assert sorted(int(r["i_cdr"]) for r in whole) == [int(r["i_cdr"]) for r in truth]
+    assert [r["setup_time"] for r in walked] == times  # positions hold the same seconds
+    ids = [int(r["i_cdr"]) for r in walked]
+    assert len(set(ids)) < len(ids) == len(truth), "ties cut differently: repeats and misses"
 
 
 def test_page_past_the_end_is_empty(shared: Simulator, session: requests.Session) -> None:

@@ -41,7 +41,7 @@ def _simulator_config(**options: Any) -> Any:
 @click.option("--login", default="demo", show_default=True, help="Buyer login it accepts.")
 @click.option("--key", default="demo-key", show_default=True, help="API key it accepts.")
 @click.option("--max-page-size", type=int, default=None, help="Cap rows per page silently.")
-@click.option("--order", type=click.Choice(["asc", "desc", "shuffled"]), default="asc")
+@click.option("--order", type=click.Choice(["asc", "desc", "shuffled", "ties"]), default="asc")
 @click.option(
     "--latency",
     type=float,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-ORDERS = ("asc", "desc", "shuffled")
+ORDERS = ("asc", "desc", "shuffled", "ties")
 FILTER_FIELDS = ("setup_time", "connect_time", "disconnect_time")
 
 

@@ -108,6 +108,8 @@ class AccountStore:
     def page(self, lo: int | None, hi: int | None, prefix: str, off: int, limit: int) -> list[str]:
         """JSON text of the rows ``off .. off + limit`` of the query, in the configured order."""
         selection = self.select(lo, hi, prefix)
+        if self._order == "ties":
+            return [self._text(ref) for ref in self._ties_slice(selection, off, limit)]
         return [self._text(ref) for ref in selection[off : off + limit]]
 
     def select(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
@@ -213,8 +215,33 @@ class AccountStore:
             return _mix(self.table.icdr[ref])
         return self._published[ref - self._n].shuffle_key
 
+    def _ties_slice(self, selection: Sequence[int], off: int, limit: int) -> list[int]:
+        """Rows ``off .. off + limit`` in ascending setup time, the rows that share a second
+        in an order of this request's own (``off``, ``limit``), as SQL's ``ORDER BY setup_time
+        LIMIT .. OFFSET ..`` may give: a tie straddling a page boundary is cut differently by
+        the two requests that read either side of it."""
+        end = min(off + limit, len(selection))
+        if off >= end:
+            return []
+
+        def second(ref: int) -> int:
+            return self._asc_key(ref)[0]
+
+        first, last = off, end
+        while first > 0 and second(selection[first - 1]) == second(selection[off]):
+            first -= 1
+        while last < len(selection) and second(selection[last]) == second(selection[end - 1]):
+            last += 1
+        salt = _mix(off * 1_000_003 + limit)
+
+        def place(ref: int) -> tuple[int, int]:
+            return second(ref), _mix(self._shuffle_key(ref) ^ salt)
+
+        span = sorted(selection[first:last], key=place)
+        return span[off - first : end - first]
+
     def _ordered(self, rows: Sequence[int]) -> Sequence[int]:
-        if self._order == "asc":
+        if self._order in ("asc", "ties"):
             return rows
         if self._order == "desc":
             if isinstance(rows, range):
