@@ -102,6 +102,10 @@ class PaginationError(FatalApiError):
     kind = "pagination"
 
 
+class ResultChangedError(PaginationError):
+    """The window's result lost records before the current offset while it was paged."""
+
+
 class StopRequestedError(EtlError):
     """A stop (SIGTERM/SIGINT) was requested; the current window is abandoned cleanly."""
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from etl.errors import PaginationError
+from etl.errors import PaginationError, ResultChangedError
 
 
 @dataclass
@@ -56,6 +56,9 @@ class OffsetPaginator:
     _ahead: dict[str, Any] = field(default_factory=dict, repr=False)
     _short: int | None = field(default=None, repr=False)
     _tie_start: int | None = field(default=None, repr=False)
+    _tie_keys: frozenset[Any] = field(default=frozenset(), repr=False)
+    # The i_cdr the next page must hold (it starts at a tie the previous page ended with).
+    _expect: frozenset[Any] = field(default=frozenset(), repr=False)
 
     def params(self) -> dict[str, str]:
         """The ``pager`` and ``off`` form fields of the next request."""
@@ -90,6 +93,14 @@ class OffsetPaginator:
     def take(self, records: Sequence[Any], body_digest: bytes) -> list[Any]:
         """Advance past a received page (see the module's notes on ties); return its records
         minus those an earlier page delivered as they are."""
+        expect, self._expect = self._expect, frozenset()
+        if expect and _vanished(records, expect):
+            raise ResultChangedError(
+                f"the page at offset {self.offset} lacks the records the previous page ended "
+                "with: the API's result for the window changed while it was paged (records "
+                "before this offset went away), so later records may have moved past the "
+                "offset unread; the window is not taken as complete"
+            )
         fresh = _unseen(records, self._delivered, self._ahead)
         if self._ahead and not _held_keys(records, self._ahead):
             self._ahead = {}  # passed: the pages from here on start beyond them
@@ -104,20 +115,22 @@ class OffsetPaginator:
                 if tie_start < 0:
                     raise _one_tie(-tie_start - 1)
                 self._ahead = _by_key(records)
-                self.offset = tie_start
+                self.offset, self._expect = tie_start, self._tie_keys
                 return fresh
         count = self.offset - start  # distinct records: what the offset moved by
         tie = tail_tie(records)
         overlap = distinct_count(records[len(records) - tie :]) if tie else 0
         self._delivered = _by_key(records)  # the next page may re-read any of them
+        tie_keys = frozenset(_by_key(records[len(records) - tie :])) if tie else frozenset()
         if len(records) < (self._full or self.page_size):  # the end, or cut short: see next
-            self._short = len(records)
+            self._short, self._tie_keys = len(records), tie_keys
             if overlap:
                 self._tie_start = self.offset - overlap if overlap < count else -start - 1
         elif overlap >= count > 1:
             raise _one_tie(start)
         elif overlap < count:
             self.offset -= overlap
+            self._expect = tie_keys  # the next page starts with them, in some order
         return fresh
 
 
@@ -167,6 +180,15 @@ def _keys(records: Sequence[Any]) -> list[Any]:
     if set(map(type, records)) == {dict}:  # the usual page: C-speed key reads
         return list(map(dict.get, records, repeat("i_cdr")))
     return [r.get("i_cdr") if isinstance(r, dict) else None for r in records]
+
+
+def _vanished(records: Sequence[Any], expect: frozenset[Any]) -> bool:
+    """Whether a page that starts at a tie lacks one of the tie's records (``expect``)."""
+    if len(records) < len(expect):  # cut shorter than the tie: cannot tell
+        return not records
+    keys = _keys(records)
+    held = set(keys) if set(map(type, keys)) <= _SCALARS else set(filter(_hashable, keys))
+    return not expect <= held
 
 
 def _held_keys(records: Sequence[Any], *held: dict[Any, Any]) -> list[int]:

@@ -25,7 +25,13 @@ from etl.budget import RequestBudget
 from etl.client import ApiClient, Page
 from etl.config import Settings
 from etl.db import database_errors
-from etl.errors import ApiError, EtlError, InvalidRecordError, StopRequestedError
+from etl.errors import (
+    ApiError,
+    EtlError,
+    InvalidRecordError,
+    ResultChangedError,
+    StopRequestedError,
+)
 from etl.normalize import Normalizer
 from etl.pagination import OffsetPaginator, page_digest
 from etl.retry import RetryPolicy, call_with_retry
@@ -33,6 +39,9 @@ from etl.state import Counts
 from etl.windows import Window
 
 log = logging.getLogger(__name__)
+# A window whose result loses records while it is paged (etl.pagination) is paged again from
+# its first page, in the same transaction, this many times before it fails.
+RESULT_RESTARTS = 2
 
 
 def _ignore(_event: str, _kind: str) -> None:
@@ -132,11 +141,28 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     """The records of every page of ``window``, the final empty page included: fetched
     (paced, retried) and loop-guarded, not yet normalised. Touches no database: it runs ahead
     of the loader (etl.prefetch)."""
-    paginator = OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
+    settings = job.settings
+    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+    restarts = 0
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
             records = paginator.take(page.records, page_digest(page.body))
+        except ResultChangedError as exc:
+            if restarts == RESULT_RESTARTS:
+                raise exc.located(f"account {job.api_login}, window {window}") from None
+            restarts += 1
+            log.warning(
+                "paging again from the first page account=%s window=%s (%d of %d): %s",
+                job.api_login,
+                window,
+                restarts,
+                RESULT_RESTARTS,
+                exc,
+            )
+            # Pages already loaded come again: held alike, they are counted unchanged.
+            paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+            continue
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
         yield records

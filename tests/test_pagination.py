@@ -166,3 +166,44 @@ def test_tail_tie_is_the_run_of_the_last_records_value() -> None:
     assert tail_tie([{"i_cdr": "1"}, {"i_cdr": "2"}]) == 0  # no time to sort by
     assert tail_tie(page("00:01")) == 0  # one record: nothing to re-read
     assert tail_tie([{"setup_time": "00:01"}, None]) == 0
+
+
+@given(
+    total=st.integers(1, 200),
+    page_size=st.integers(2, 40),
+    cap=st.integers(2, 50),
+    deletions=st.lists(st.tuples(st.integers(1, 8), st.floats(0, 1)), max_size=6),
+)
+def test_records_removed_before_the_offset_fail_the_window_rather_than_skip(
+    total: int, page_size: int, cap: int, deletions: list[tuple[int, float]]
+) -> None:
+    """Records removed while the window is paged, before the current offset, shift the rest
+    back: the next page then lacks the tie it should start with, and the window fails rather
+    than skip the records that moved past the offset (records of distinct seconds here; one
+    removal is absorbed by the record re-read, two would lose one)."""
+    rows = list(range(total))
+    paginator, delivered, removed, requests = OffsetPaginator(page_size), set(), set(), 0
+    try:
+        while not paginator.done:
+            off, pager = int(paginator.params()["off"]), int(paginator.params()["pager"])
+            requests += 1
+            for share in (share for when, share in deletions if when == requests and off):
+                removed.add(rows.pop(min(int(share * off), len(rows) - 1)))
+            served = rows[off : off + min(pager, cap)]
+            page = [{"i_cdr": str(n), "setup_time": f"{n:06d}"} for n in served]
+            taken = paginator.take(page, page_digest(repr(page).encode()))
+            delivered |= {int(r["i_cdr"]) for r in taken}
+    except PaginationError as exc:
+        assert "changed while it was paged" in str(exc) and removed
+        return
+    assert delivered >= set(range(total)) - removed
+
+
+def test_a_tie_that_comes_back_empty_is_not_the_end() -> None:
+    """The page after a full one starts at that page's last records: empty, they went away."""
+    paginator = OffsetPaginator(3)
+    page = [{"i_cdr": str(n), "setup_time": f"00:0{n}"} for n in range(3)]
+    paginator.take(page, page_digest(b"1"))
+    assert paginator.params()["off"] == "2"
+    with pytest.raises(PaginationError, match="changed while it was paged"):
+        paginator.take([], page_digest(b"2"))

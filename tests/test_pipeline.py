@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from itertools import pairwise
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from etl import pipeline
-from etl.errors import AuthError, FatalApiError
+from etl.errors import AuthError, FatalApiError, ResultChangedError
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.state import Counts
 from etl.windows import Window
@@ -114,6 +115,38 @@ def test_ties_cut_differently_per_request_lose_nothing(
         assert summary.ok
         assert _db_ids(engine) == _api_ids(sim)
         assert summary.counts.inserted == summary.counts.rows_fetched == len(_api_ids(sim))
+
+
+def test_records_gone_while_a_window_is_paged_page_it_again(
+    sim: Simulator, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two records removed before the offset while a window is paged would move one record
+    past it unread: the window is paged again from its first page, in its transaction, and
+    ends exact (the removed records, loaded before they went, stay: nothing is deleted)."""
+    before = {int(record["i_cdr"]) for record in sim.records("buyer1")}
+    sim.withdraw_while_paging(requests=1, records=2)
+    with caplog.at_level(logging.WARNING, logger="etl.window_sync"):
+        summary = _backfill(sim, engine, page_size=50)
+    assert summary.ok
+    gone = before - set(_api_ids(sim))
+    assert len(gone) == 2
+    assert _db_ids(engine) == sorted(before)
+    assert "paging again from the first page" in caplog.text
+    assert "changed while it was paged" in caplog.text
+    assert summary.counts.unchanged > 0  # the pages loaded before the restart came again
+
+
+def test_a_window_whose_result_keeps_changing_fails_loudly(sim: Simulator, engine: Engine) -> None:
+    """Records keep going while the window is paged: after RESULT_RESTARTS restarts the
+    window fails (rolled back) instead of committing as complete."""
+    sim.withdraw_while_paging(requests=1000, records=2)
+    summary = _backfill(sim, engine, page_size=50)
+    assert not summary.ok and summary.failures and summary.windows == 0
+    for window, error in summary.failures:
+        assert isinstance(error, ResultChangedError)
+        assert "changed while it was paged" in str(error)
+        assert window.start.isoformat() in str(error)
+    assert _db_ids(engine) == []  # every window rolled back
 
 
 def test_rows_repeated_within_and_across_pages_load_once(

@@ -283,6 +283,23 @@ def test_ties_order_cuts_shared_seconds_differently_per_request(
     assert len(set(ids)) < len(ids) == len(truth), "ties cut differently: repeats and misses"
 
 
+def test_withdrawals_while_paging_hit_only_requests_past_a_first_page(
+    session: requests.Session,
+) -> None:
+    """withdraw_while_paging: the next request with off > 0 removes the first records of its
+    result before answering; a first page (off = 0) is answered as it is."""
+    with Simulator(config()) as sim:
+        whole = [r["i_cdr"] for r in session.post(sim.url, data=params()).json()["cdrs"]]
+        sim.withdraw_while_paging(requests=1, records=2)
+        first = [r["i_cdr"] for r in session.post(sim.url, data=params(pager="5")).json()["cdrs"]]
+        later = session.post(sim.url, data=params(pager="5", off="5")).json()["cdrs"]
+        again = session.post(sim.url, data=params(pager="5", off="5")).json()["cdrs"]
+        truth = [r["i_cdr"] for r in sim.records("demo")]
+    assert first == whole[:5]
+    assert [r["i_cdr"] for r in later] == whole[7:12] == [r["i_cdr"] for r in again]
+    assert set(whole) - set(truth) == set(whole[:2])
+
+
 def test_page_past_the_end_is_empty(shared: Simulator, session: requests.Session) -> None:
     """An offset past the last row returns an empty success page."""
     body = session.post(shared.url, data=params(off="5000")).json()

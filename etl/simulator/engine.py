@@ -62,6 +62,7 @@ class Engine:
         self._in_flight = 0
         self._max_in_flight = 0
         self._date_froms: Counter[str] = Counter()
+        self._withdrawals = self._withdraw = 0
 
     # --- request handling -------------------------------------------------------------
 
@@ -107,6 +108,9 @@ class Engine:
             if self._envelope is not None:
                 return Reply(200, self._envelope)
             store = self._stores[login]
+            if self._withdrawals and query.off > 0:
+                store.withdraw_first(query.date_from, query.date_to, query.prefix, self._withdraw)
+                self._withdrawals -= 1
             rows = store.page(query.date_from, query.date_to, query.prefix, query.off, limit)
         every = self.config.duplicate_every
         if every > 0:
@@ -131,6 +135,12 @@ class Engine:
         """Change the amount of ``login``'s CDR ``i_cdr``."""
         with self.lock:
             self._store(login).rerate(str(i_cdr), customer_amount)
+
+    def withdraw_while_paging(self, requests: int, records: int) -> None:
+        """Each of the next ``requests`` requests past a first page (``off`` > 0) first removes
+        the first ``records`` records of its result: records gone while a window is paged."""
+        with self.lock:
+            self._withdrawals, self._withdraw = requests, records
 
     def inject(self, faults: Sequence[Fault]) -> None:
         """Queue faults for the next requests."""

@@ -235,6 +235,11 @@ class Simulator:
         """Change a CDR's ``customer_amount``; KeyError if ``login`` has no such CDR."""
         self._engine.rerate(login, i_cdr, customer_amount)
 
+    def withdraw_while_paging(self, requests: int, records: int = 2) -> None:
+        """The next ``requests`` requests with ``off`` > 0 each first remove the first
+        ``records`` records of their result (see Engine.withdraw_while_paging)."""
+        self._engine.withdraw_while_paging(requests, records)
+
     def inject(self, *faults: Fault) -> None:
         """Queue faults applied to the next requests, in order."""
         self._engine.inject(faults)

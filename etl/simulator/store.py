@@ -101,6 +101,7 @@ class AccountStore:
             self._perm = array("q", perm)
             self._keys = array("q", [values[i] for i in perm])
         self._published: list[_Published] = []
+        self._withdrawn: set[int] = set()  # rows (by number) no query returns any more
         self._amounts: dict[int, str] = {}
         self._cache: OrderedDict[tuple[int | None, int | None, str], Sequence[int]]
         self._cache = OrderedDict()
@@ -129,6 +130,11 @@ class AccountStore:
         self._published.append(_published(record, self._filter_field))
         self._cache.clear()
 
+    def withdraw_first(self, lo: int | None, hi: int | None, prefix: str, count: int) -> None:
+        """Remove the first ``count`` rows of the query's result from every later answer."""
+        self._withdrawn.update(self.select(lo, hi, prefix)[:count])
+        self._cache.clear()
+
     def rerate(self, i_cdr: str, amount: str) -> None:
         """Change ``customer_amount`` of every row numbered ``i_cdr``; KeyError if none."""
         found = False
@@ -148,15 +154,15 @@ class AccountStore:
 
     def records(self) -> list[dict[str, Any]]:
         """Every record with its latest values, in ``i_cdr`` order."""
-        generated: list[dict[str, Any]] = orjson.loads(
-            "[" + ",".join(self._text(row) for row in range(self._n)) + "]"
-        )
-        if not self._published:
+        rows = [row for row in range(self._n) if row not in self._withdrawn]
+        generated: list[dict[str, Any]] = orjson.loads("[" + ",".join(map(self._text, rows)) + "]")
+        published = [p for k, p in enumerate(self._published) if self._n + k not in self._withdrawn]
+        if not published:
             return generated
         icdrs = self.table.icdr
         pairs: Iterator[tuple[IcdrKey, dict[str, Any]]] = heapq.merge(
-            (((0, icdrs[row], ""), record) for row, record in enumerate(generated)),
-            sorted(((p.icdr_key, orjson.loads(p.text)) for p in self._published), key=_first),
+            (((0, icdrs[row], ""), record) for row, record in zip(rows, generated, strict=True)),
+            sorted(((p.icdr_key, orjson.loads(p.text)) for p in published), key=_first),
             key=_first,
         )
         return [record for _, record in pairs]
@@ -187,6 +193,8 @@ class AccountStore:
             for ref in extra:
                 bisect.insort(merged, ref, key=self._asc_key)
             rows = merged
+        if self._withdrawn:
+            rows = array("q", (row for row in rows if row not in self._withdrawn))
         return self._ordered(rows)
 
     def _with_prefix(self, rows: Sequence[int], prefix: str) -> array[int]:
