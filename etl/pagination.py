@@ -35,6 +35,10 @@ from typing import Any
 
 from etl.errors import PaginationError, ResultChangedError
 
+# Fields a server may sort by: the three times ("YYYY-MM-DD HH:MM:SS" texts sort as times
+# do) and i_cdr (compared as sent: only equality matters below).
+ORDER_FIELDS = ("setup_time", "connect_time", "disconnect_time", "i_cdr")
+
 
 @dataclass
 class OffsetPaginator:
@@ -56,9 +60,11 @@ class OffsetPaginator:
     _ahead: dict[str, Any] = field(default_factory=dict, repr=False)
     _short: int | None = field(default=None, repr=False)
     _tie_start: int | None = field(default=None, repr=False)
-    _tie_keys: frozenset[Any] = field(default=frozenset(), repr=False)
-    # The i_cdr the next page must hold (it starts at a tie the previous page ended with).
-    _expect: frozenset[Any] = field(default=frozenset(), repr=False)
+    _short_tie: Tie | None = field(default=None, repr=False)
+    # The fields that sort the window's pages (read on its first page of two records or more).
+    _fields: tuple[str, ...] | None = field(default=None, repr=False)
+    # The tie the next page starts with (it must hold its records, in some order).
+    _expect: Tie | None = field(default=None, repr=False)
 
     def params(self) -> dict[str, str]:
         """The ``pager`` and ``off`` form fields of the next request."""
@@ -93,20 +99,21 @@ class OffsetPaginator:
     def take(self, records: Sequence[Any], body_digest: bytes) -> list[Any]:
         """Advance past a received page (see the module's notes on ties); return its records
         minus those an earlier page delivered as they are."""
-        expect, self._expect = self._expect, frozenset()
-        if expect and _vanished(records, expect):
+        keys = _keys(records)
+        expect, self._expect = self._expect, None
+        if expect is not None and _vanished(records, keys, expect):
             raise ResultChangedError(
                 f"the page at offset {self.offset} lacks the records the previous page ended "
                 "with: the API's result for the window changed while it was paged (records "
                 "before this offset went away), so later records may have moved past the "
                 "offset unread; the window is not taken as complete"
             )
-        fresh = _unseen(records, self._delivered, self._ahead)
-        if self._ahead and not _held_keys(records, self._ahead):
+        fresh = _unseen(records, keys, self._delivered, self._ahead)
+        if self._ahead and self._ahead.keys().isdisjoint(keys):
             self._ahead = {}  # passed: the pages from here on start beyond them
         start, after_short, tie_start = self.offset, self._short, self._tie_start
         self._short = self._tie_start = None
-        self.advance(distinct_count(records), body_digest)
+        self.advance(distinct_count(records, keys), body_digest)
         if self.done:
             return fresh
         if after_short is not None:  # a short page that was not the last: the server's cap
@@ -114,23 +121,24 @@ class OffsetPaginator:
             if tie_start is not None:  # read the tie at the end of that page again
                 if tie_start < 0:
                     raise _one_tie(-tie_start - 1)
-                self._ahead = _by_key(records)
-                self.offset, self._expect = tie_start, self._tie_keys
+                self._ahead = _by_key(records, keys)
+                self.offset, self._expect = tie_start, self._short_tie
                 return fresh
         count = self.offset - start  # distinct records: what the offset moved by
-        tie = tail_tie(records)
-        overlap = distinct_count(records[len(records) - tie :]) if tie else 0
-        self._delivered = _by_key(records)  # the next page may re-read any of them
-        tie_keys = frozenset(_by_key(records[len(records) - tie :])) if tie else frozenset()
+        if self._fields is None and len(records) > 1:  # the server's order: from one page
+            self._fields = sorting_fields(records)
+        tie = tail_tie(records, self._fields or ())
+        overlap = distinct_count(records[len(records) - tie.size :]) if tie.size else 0
+        self._delivered = _by_key(records, keys)  # the next page may re-read any of them
         if len(records) < (self._full or self.page_size):  # the end, or cut short: see next
-            self._short, self._tie_keys = len(records), tie_keys
+            self._short, self._short_tie = len(records), tie
             if overlap:
                 self._tie_start = self.offset - overlap if overlap < count else -start - 1
         elif overlap >= count > 1:
             raise _one_tie(start)
         elif overlap < count:
             self.offset -= overlap
-            self._expect = tie_keys  # the next page starts with them, in some order
+            self._expect = tie  # the next page starts with it, in some order
         return fresh
 
 
@@ -142,81 +150,107 @@ def _one_tie(offset: int) -> PaginationError:
     )
 
 
-# Time fields a server may sort by.
-ORDER_FIELDS = ("setup_time", "connect_time", "disconnect_time")
+@dataclass(frozen=True)
+class Tie:
+    """The records at the end of a page that a tie cut at its boundary may hold: the last
+    ``size`` records, their i_cdr (``keys``) and, per field the page is sorted by, their
+    values."""
+
+    size: int
+    keys: frozenset[Any]
+    values: dict[str, frozenset[Any]]
 
 
-def tail_tie(records: Sequence[Any]) -> int:
-    """How many records at the end of the page share the last one's value of a time field a
-    server may sort by (the longest such run; 1 when the last record's values are its own):
-    the records a tie cut at the page's end may hold. 0 for a page of one record."""
-    last = records[-1] if len(records) > 1 else None
-    if not isinstance(last, dict):
-        return 0
-    longest = 0
-    for name in ORDER_FIELDS:
-        value = last.get(name)
-        if value is None:
-            continue
-        first = len(records) - 1
-        while first and isinstance(r := records[first - 1], dict) and r.get(name) == value:
-            first -= 1
-        longest = max(longest, len(records) - first)
-    return longest
+NO_TIE = Tie(0, frozenset(), {})
 
 
-def _by_key(records: Sequence[Any]) -> dict[Any, Any]:
-    """``records`` by their i_cdr as sent (those without a hashable one are left out)."""
-    keys = _keys(records)
-    if set(map(type, keys)) <= _SCALARS:  # the usual page: built at C speed
-        held = dict(zip(keys, records, strict=True))
-        held.pop(None, None)
-        return held
-    return {key: r for key, r in zip(keys, records, strict=True) if _hashable(key)}
+def sorting_fields(records: Sequence[Any]) -> tuple[str, ...]:
+    """The ORDER_FIELDS that sort the page (either way); the i_cdr only when no time does
+    (being unique, it adds no tie). A page of one record tells nothing: every field."""
+    if len(records) < 2:
+        return ORDER_FIELDS
+    if set(map(type, records)) != {dict}:
+        return ()
+    times = tuple(name for name in ORDER_FIELDS[:-1] if _sorting(name, records))
+    return times or tuple(name for name in ORDER_FIELDS[-1:] if _sorting(name, records))
+
+
+def tail_tie(records: Sequence[Any], fields: Sequence[str]) -> Tie:
+    """The tie at the end of a page sorted by ``fields`` (see ``sorting_fields``): the
+    shortest run of last records (the last one at least) that no tie of those fields
+    straddles. NO_TIE when no field sorts the page, or for a page of one record."""
+    if len(records) < 2 or not fields or not isinstance(records[-1], dict):
+        return NO_TIE
+    first = len(records) - 1
+    while first and isinstance(before := records[first - 1], dict):
+        here = records[first]
+        if all(before.get(name) != here.get(name) for name in fields):
+            break
+        first -= 1
+    tail = records[first:]
+    values = {name: frozenset(_hashable(r.get(name)) for r in tail) - {None} for name in fields}
+    return Tie(len(tail), frozenset(_keys(tail)) - {None}, values)
+
+
+def _sorting(name: str, records: Sequence[Any]) -> bool:
+    """Whether the page's values of ``name`` sort it, either way."""
+    values: list[Any] = list(map(dict.get, records, repeat(name)))
+    try:  # (linear for a sorted column; None or mixed types raise)
+        return values == sorted(values) or values == sorted(values, reverse=True)
+    except TypeError:
+        return False
 
 
 def _keys(records: Sequence[Any]) -> list[Any]:
-    """Each record's i_cdr as sent (None when it has none or is not an object)."""
+    """Each record's i_cdr as sent; None when it has none (or one that is not hashable, or
+    the record is not an object)."""
     if set(map(type, records)) == {dict}:  # the usual page: C-speed key reads
-        return list(map(dict.get, records, repeat("i_cdr")))
-    return [r.get("i_cdr") if isinstance(r, dict) else None for r in records]
-
-
-def _vanished(records: Sequence[Any], expect: frozenset[Any]) -> bool:
-    """Whether a page that starts at a tie lacks one of the tie's records (``expect``)."""
-    if len(records) < len(expect):  # cut shorter than the tie: cannot tell
-        return not records
-    keys = _keys(records)
-    held = set(keys) if set(map(type, keys)) <= _SCALARS else set(filter(_hashable, keys))
-    return not expect <= held
-
-
-def _held_keys(records: Sequence[Any], *held: dict[Any, Any]) -> list[int]:
-    """Indexes of the records whose i_cdr (as sent) is a key of ``held``."""
-    keys = _keys(records)
-    wanted = set().union(*held)
-    if not set(map(type, keys)) <= _SCALARS:  # an object or a list as i_cdr: never held
-        return [i for i, key in enumerate(keys) if _hashable(key) and key in wanted]
-    return [i for i, key in enumerate(keys) if key in wanted]
+        keys = list(map(dict.get, records, repeat("i_cdr")))
+        if set(map(type, keys)) <= _SCALARS:
+            return keys
+    return [_hashable(r.get("i_cdr") if isinstance(r, dict) else None) for r in records]
 
 
 _SCALARS = {str, int, float, bool, type(None)}
 
 
-def _hashable(key: Any) -> bool:
-    return key is not None and not isinstance(key, dict | list)
+def _hashable(key: Any) -> Any:
+    return None if isinstance(key, dict | list) else key
 
 
-def _unseen(records: Sequence[Any], *held: dict[Any, Any]) -> list[Any]:
-    """``records`` minus those equal to the record ``held`` under their i_cdr."""
-    held = tuple(h for h in held if h)
-    if not held:
-        return list(records)
-    again = {
-        i
-        for i in _held_keys(records, *held)
-        if any(records[i] == h.get(records[i]["i_cdr"], _NOTHING) for h in held)
-    }
+def _by_key(records: Sequence[Any], keys: Sequence[Any]) -> dict[Any, Any]:
+    """``records`` by their ``keys`` (those without one are left out)."""
+    held = dict(zip(keys, records, strict=True))
+    held.pop(None, None)
+    return held
+
+
+def _vanished(records: Sequence[Any], keys: list[Any], tie: Tie) -> bool:
+    """Whether a page that starts at ``tie`` lacks one of its records. A page that does not
+    reach past the tie's values (on the fields that sorted the page) cannot tell: the tie
+    may hold more records than it."""
+    if not records:
+        return bool(tie.keys)
+    last = records[-1]
+    if not isinstance(last, dict) or not tie.values:
+        return False
+    for name, values in tie.values.items():
+        if (value := _hashable(last.get(name))) is not None and value in values:
+            return False
+    return not tie.keys.issubset(keys)
+
+
+def _unseen(records: Sequence[Any], keys: list[Any], *held: dict[Any, Any]) -> list[Any]:
+    """``records`` minus those equal to the record ``held`` under their key."""
+    again: set[int] = set()
+    position: dict[Any, int] | None = None
+    for records_held in held:
+        common = records_held.keys() & keys
+        if common:
+            position = position or dict(zip(keys, range(len(keys)), strict=True))
+            again.update(
+                position[key] for key in common if records[position[key]] == records_held[key]
+            )
     return [r for i, r in enumerate(records) if i not in again] if again else list(records)
 
 
@@ -233,12 +267,13 @@ def page_digest(rows_json: bytes) -> bytes:
     return len(rows_json).to_bytes(8, "big") + hash(rows_json).to_bytes(8, "big", signed=True)
 
 
-def distinct_count(records: Sequence[Any]) -> int:
-    """How many different records a page holds (by i_cdr; records without one all count)."""
-    if set(map(type, records)) == {dict}:  # the usual page: C-speed passes
-        keys: list[Any] = list(map(dict.get, records, repeat("i_cdr")))
-        if set(map(type, keys)) == {str}:
-            return len(set(map(str.strip, keys)))
+def distinct_count(records: Sequence[Any], keys: list[Any] | None = None) -> int:
+    """How many different records a page holds (by i_cdr; records without one all count).
+    ``keys``: the page's ``_keys``, when they are at hand."""
+    if keys is None and set(map(type, records)) == {dict}:  # the usual page: C-speed passes
+        keys = list(map(dict.get, records, repeat("i_cdr")))
+    if keys is not None and set(map(type, keys)) == {str}:
+        return len(set(map(str.strip, keys)))
     distinct: set[object] = set()
     anonymous = 0
     for record in records:

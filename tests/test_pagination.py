@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.errors import PaginationError
-from etl.pagination import OffsetPaginator, distinct_count, page_digest, tail_tie
+from etl.pagination import (
+    NO_TIE,
+    OffsetPaginator,
+    Tie,
+    distinct_count,
+    page_digest,
+    sorting_fields,
+    tail_tie,
+)
 
 
 def _serve(total: int, cap: int, paginator: OffsetPaginator) -> list[int]:
@@ -148,24 +156,35 @@ def test_ties_cost_no_extra_request_when_pages_are_full() -> None:
     assert paginator.pages <= 12
 
 
-def test_tail_tie_is_the_run_of_the_last_records_value() -> None:
-    """The records a tie cut at the page's end may hold: the longest run at the end that
-    shares the last record's value of a time field (at least the last record itself)."""
+def test_tail_tie_is_cut_where_no_tie_of_a_sorting_field_straddles() -> None:
+    """The records a tie cut at the page's end may hold: from the last record back to where
+    no tie of a field that sorts the page (either way) straddles the cut."""
 
     def page(*times: str, field: str = "setup_time") -> list[dict[str, str]]:
-        return [{"i_cdr": str(n), field: t} for n, t in enumerate(times)]
+        return [{"i_cdr": str(9 - n), field: t} for n, t in enumerate(times)]
 
-    assert tail_tie(page("00:01", "00:02")) == 1
-    assert tail_tie(page("00:01", "00:02", "00:02", "00:02")) == 3
-    assert tail_tie(page("00:03", "00:02", "00:02", field="disconnect_time")) == 2
-    assert tail_tie(page("00:02", "00:01", "00:02")) == 1
-    both = [{"i_cdr": "1", "setup_time": "a", "connect_time": "x"}] + [
-        {"i_cdr": str(n), "setup_time": "b", "connect_time": "y"} for n in (2, 3)
-    ]
-    assert tail_tie([*both, {"i_cdr": "4", "setup_time": "b", "connect_time": "z"}]) == 3
-    assert tail_tie([{"i_cdr": "1"}, {"i_cdr": "2"}]) == 0  # no time to sort by
-    assert tail_tie(page("00:01")) == 0  # one record: nothing to re-read
-    assert tail_tie([{"setup_time": "00:01"}, None]) == 0
+    def tie(records: list[Any]) -> Tie:
+        return tail_tie(records, sorting_fields(records))
+
+    assert tie(page("00:01", "00:02")).size == 1
+    three = tie(page("00:01", "00:02", "00:02", "00:02"))
+    assert three == Tie(3, frozenset({"8", "7", "6"}), {"setup_time": frozenset({"00:02"})})
+    assert tie(page("00:03", "00:02", "00:02", field="disconnect_time")).size == 2
+    unsorted = page("00:02", "00:01", "00:02")
+    assert sorting_fields(unsorted) == ("i_cdr",)  # not by time: by i_cdr (descending)
+    assert tie(unsorted).values == {"i_cdr": frozenset({"7"})}
+    # Sorted by setup time, connect times unsorted: connect ties do not count.
+    calls = [("00:01", "00:07"), ("00:02", "00:05"), ("00:02", "00:06"), ("00:03", "00:06")]
+    records = [{"setup_time": s, "connect_time": c} for s, c in calls]
+    assert sorting_fields(records) == ("setup_time",) and tie(records).size == 1
+    # Two sorting fields: the cut moves back until neither has a tie across it.
+    calls = [("00:01", "00:04"), ("00:02", "00:05"), ("00:02", "00:06"), ("00:03", "00:06")]
+    records = [{"setup_time": s, "connect_time": c} for s, c in calls]
+    assert sorting_fields(records) == ("setup_time", "connect_time")
+    assert tie(records).size == 3
+    assert tie([{"i_cdr": "y"}, {"i_cdr": "x"}, {"i_cdr": "z"}]) == NO_TIE  # nothing sorts it
+    assert tie(page("00:01")) == NO_TIE  # one record: nothing to re-read
+    assert tie([{"setup_time": "00:01"}, None]) == NO_TIE
 
 
 @given(
@@ -188,7 +207,8 @@ def test_records_removed_before_the_offset_fail_the_window_rather_than_skip(
             off, pager = int(paginator.params()["off"]), int(paginator.params()["pager"])
             requests += 1
             for share in (share for when, share in deletions if when == requests and off):
-                removed.add(rows.pop(min(int(share * off), len(rows) - 1)))
+                if rows:
+                    removed.add(rows.pop(min(int(share * off), len(rows) - 1)))
             served = rows[off : off + min(pager, cap)]
             page = [{"i_cdr": str(n), "setup_time": f"{n:06d}"} for n in served]
             taken = paginator.take(page, page_digest(repr(page).encode()))
