@@ -14,16 +14,23 @@ Pure state machine: no I/O. The API's page-size cap and ordering are undocumente
   setup_time LIMIT .. OFFSET ..`` may order such ties differently in each request, so a second
   whose calls straddle a page boundary can be cut differently by the two requests that read
   either side of it: one call read twice, another never. ``take`` therefore re-reads the tie
-  at the end of each full page (the records at its end that share the last record's value of
-  a time field a server may sort by: at least the last record, which may share its second
-  with the first records of the next page): the next request starts where that tie starts,
-  and whatever order the server gives the tie then, all of it is in that page. Records an
-  earlier page delivered unchanged are dropped, so they are not loaded or counted twice. The
-  cost is a record or a few re-read per page, not a request. A short page is
-  followed by a plain request at the next offset (the usual end: an empty page, no extra
-  request); when that one is not empty, the server cut the page short, and the tie at its end
-  is read again the same way. A full page that is one tie (every record shares the second)
-  cannot be cut safely: a PaginationError says so.
+  at the end of each full page: the last records, back to where no tie of the fields that sort
+  the window's pages straddles (``sorting_fields``, read on the window's first page; at least
+  the last record, which may share its second with the first records of the next page). The
+  next request starts where that tie starts, and whatever order the server gives the tie
+  then, all of it is in that page. Records an earlier page delivered unchanged are dropped, so
+  they are not loaded or counted twice. The cost is a record or a few re-read per page, not a
+  request. A short page is followed by a plain request at the next offset (the usual end: an
+  empty page, no extra request); when that one is not empty, the server cut the page short,
+  and the tie at its end is read again the same way. A full page that is one tie (every
+  record shares the second) cannot be cut safely: a PaginationError says so;
+- the result may change while a window is paged. A record added is a late CDR (read by the
+  next pass over the window); records removed before the offset shift the rest back, past
+  the offset. The page after a full one must therefore hold the tie it starts with (when it
+  reaches past the tie's values: a tie may hold more records than a page); if it does not,
+  ResultChangedError (etl.window_sync pages the window again from its start). One removal is
+  absorbed by the re-read record but is reported all the same; removals inside a tie that is
+  cut differently can go unseen.
 """
 
 from __future__ import annotations
@@ -125,7 +132,7 @@ class OffsetPaginator:
                 self.offset, self._expect = tie_start, self._short_tie
                 return fresh
         count = self.offset - start  # distinct records: what the offset moved by
-        if self._fields is None and len(records) > 1:  # the server's order: from one page
+        if self._fields is None:  # the server's order, from the first page that tells
             self._fields = sorting_fields(records)
         tie = tail_tie(records, self._fields or ())
         overlap = distinct_count(records[len(records) - tie.size :]) if tie.size else 0
@@ -164,15 +171,15 @@ class Tie:
 NO_TIE = Tie(0, frozenset(), {})
 
 
-def sorting_fields(records: Sequence[Any]) -> tuple[str, ...]:
-    """The ORDER_FIELDS that sort the page (either way); the i_cdr only when no time does
-    (being unique, it adds no tie). A page of one record tells nothing: every field."""
-    if len(records) < 2:
-        return ORDER_FIELDS
-    if set(map(type, records)) != {dict}:
-        return ()
-    times = tuple(name for name in ORDER_FIELDS[:-1] if _sorting(name, records))
-    return times or tuple(name for name in ORDER_FIELDS[-1:] if _sorting(name, records))
+def sorting_fields(records: Sequence[Any]) -> tuple[str, ...] | None:
+    """The ORDER_FIELDS that sort the page's records (either way; records that are not
+    objects are passed over); the i_cdr only when no time does (being unique, it adds no tie).
+    None when fewer than two records tell."""
+    objects = [r for r in records if isinstance(r, dict)]
+    if len(objects) < 2:
+        return None
+    times = tuple(name for name in ORDER_FIELDS[:-1] if _sorting(name, objects))
+    return times or tuple(name for name in ORDER_FIELDS[-1:] if _sorting(name, objects))
 
 
 def tail_tie(records: Sequence[Any], fields: Sequence[str]) -> Tie:

@@ -164,7 +164,7 @@ def test_tail_tie_is_cut_where_no_tie_of_a_sorting_field_straddles() -> None:
         return [{"i_cdr": str(9 - n), field: t} for n, t in enumerate(times)]
 
     def tie(records: list[Any]) -> Tie:
-        return tail_tie(records, sorting_fields(records))
+        return tail_tie(records, sorting_fields(records) or ())
 
     assert tie(page("00:01", "00:02")).size == 1
     three = tie(page("00:01", "00:02", "00:02", "00:02"))
@@ -185,6 +185,10 @@ def test_tail_tie_is_cut_where_no_tie_of_a_sorting_field_straddles() -> None:
     assert tie([{"i_cdr": "y"}, {"i_cdr": "x"}, {"i_cdr": "z"}]) == NO_TIE  # nothing sorts it
     assert tie(page("00:01")) == NO_TIE  # one record: nothing to re-read
     assert tie([{"setup_time": "00:01"}, None]) == NO_TIE
+    assert sorting_fields([{"setup_time": "00:01"}, "junk", {"setup_time": "00:02"}]) == (
+        "setup_time",
+    )
+    assert sorting_fields([{"setup_time": "00:01"}, "junk"]) is None  # cannot tell yet
 
 
 @given(
