@@ -109,11 +109,17 @@ class OffsetPaginator:
         keys = _keys(records)
         expect, self._expect = self._expect, None
         if expect is not None and _vanished(records, keys, expect):
+            deep = (
+                ""
+                if records
+                else ", or the API serves nothing this deep (an offset limit: a smaller "
+                "TCXC_WINDOW keeps windows shallower)"
+            )
             raise ResultChangedError(
                 f"the page at offset {self.offset} lacks the records the previous page ended "
                 "with: the API's result for the window changed while it was paged (records "
-                "before this offset went away), so later records may have moved past the "
-                "offset unread; the window is not taken as complete"
+                f"before this offset went away){deep}, so later records may have gone unread; "
+                "the window is not taken as complete"
             )
         fresh = _unseen(records, keys, self._delivered, self._ahead)
         if self._ahead and self._ahead.keys().isdisjoint(keys):

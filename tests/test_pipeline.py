@@ -149,6 +149,20 @@ def test_a_window_whose_result_keeps_changing_fails_loudly(sim: Simulator, engin
     assert _db_ids(engine) == []  # every window rolled back
 
 
+def test_an_api_that_serves_nothing_past_an_offset_fails_the_window(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """An offset limit (nothing served from offset 120 on) would end a window of 200 rows
+    on an empty page after a full one: the window fails, naming the limit, instead of
+    committing 120 rows as complete."""
+    with Simulator(replace(sim_config, max_offset=120)) as sim:
+        summary = _backfill(sim, engine, page_size=50)
+    assert summary.failures and summary.windows == 0
+    for _window, error in summary.failures:
+        assert isinstance(error, ResultChangedError) and "offset limit" in str(error)
+    assert _db_ids(engine) == []
+
+
 def test_rows_repeated_within_and_across_pages_load_once(
     sim_config: SimulatorConfig, engine: Engine
 ) -> None:

@@ -30,6 +30,7 @@ class SimulatorConfig:
     end: datetime | None = None
     days: int = 30
     max_page_size: int | None = None
+    max_offset: int | None = None  # an API that serves nothing from this offset on
     order: str = "asc"
     duplicate_every: int = 0
     skew_seconds: int = 300
@@ -67,6 +68,8 @@ def _problems(config: SimulatorConfig) -> list[str]:
         problems.append("cdrs must be >= 0")
     if config.max_page_size is not None and config.max_page_size < 1:
         problems.append("max_page_size must be >= 1 or None")
+    if config.max_offset is not None and config.max_offset < 1:
+        problems.append("max_offset must be >= 1 or None")
     if config.order not in ORDERS:
         problems.append(f"order must be one of {ORDERS}")
     if config.filter_field not in FILTER_FIELDS:

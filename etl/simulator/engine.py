@@ -104,6 +104,8 @@ class Engine:
         limit = query.pager
         if self.config.max_page_size is not None:
             limit = min(limit, self.config.max_page_size)
+        if self.config.max_offset is not None and query.off >= self.config.max_offset:
+            limit = 0
         with self.lock:
             if self._envelope is not None:
                 return Reply(200, self._envelope)
