@@ -59,16 +59,17 @@ class OffsetPaginator:
     _last_digest: bytes = field(default=b"", repr=False)
     # The tie guard (``take``): how many records make a page full (``page_size`` until the
     # server shows a lower cap), the records the next page may repeat (by i_cdr; ``ahead``:
-    # those of a page read past a tie that is being read again), the length
-    # of the last page when it was short, and where the tie at its end started (None: none to
-    # re-read; negative: -1 - its offset, a page that was one tie).
+    # those of a page read past a tie that is being read again), the length of the last page
+    # when it was short, where the tie at its end started (None: none to re-read; negative:
+    # -1 - its offset, a page that was one tie) and that tie.
     _full: int = field(default=0, repr=False)
-    _delivered: dict[str, Any] = field(default_factory=dict, repr=False)
-    _ahead: dict[str, Any] = field(default_factory=dict, repr=False)
+    _delivered: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _ahead: dict[Any, Any] = field(default_factory=dict, repr=False)
     _short: int | None = field(default=None, repr=False)
     _tie_start: int | None = field(default=None, repr=False)
     _short_tie: Tie | None = field(default=None, repr=False)
-    # The fields that sort the window's pages (read on its first page of two records or more).
+    # The fields that sort the window's pages (from its first page that tells, see
+    # ``sorting_fields``).
     _fields: tuple[str, ...] | None = field(default=None, repr=False)
     # The tie the next page starts with (it must hold its records, in some order).
     _expect: Tie | None = field(default=None, repr=False)
