@@ -43,20 +43,26 @@ class Digester:
     def __init__(self, api_login: str, time_zone: str, raw_payload: str) -> None:
         login = api_login.encode("utf-8", "surrogatepass")
         context = b"\0".join((CODE_VERSION, login, time_zone.encode(), raw_payload.encode()))
-        self._key = hashlib.blake2b(context, digest_size=64).digest()
+        key = hashlib.blake2b(context, digest_size=64).digest()
+        # Keyed once: each record's hash starts from a copy (the key block is not hashed again).
+        self._keyed = hashlib.blake2b(digest_size=16, key=key)
 
     def digest(self, record: Any) -> bytes:
-        return hashlib.blake2b(_record_bytes(record), digest_size=16, key=self._key).digest()
+        state = self._keyed.copy()
+        state.update(_record_bytes(record))
+        return state.digest()
 
     def digests(self, records: Sequence[Any]) -> list[bytes]:
-        key = self._key
+        fresh = self._keyed.copy
+        out: list[bytes] = []
         try:
-            return [
-                hashlib.blake2b(orjson.dumps(record), digest_size=16, key=key).digest()
-                for record in records
-            ]
+            for data in map(orjson.dumps, records):
+                state = fresh()
+                state.update(data)
+                out.append(state.digest())
         except TypeError:  # a value orjson refuses (an integer beyond 64 bits)
             return list(map(self.digest, records))
+        return out
 
 
 def _record_bytes(record: Any) -> bytes:
