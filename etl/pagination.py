@@ -108,33 +108,18 @@ class OffsetPaginator:
         """Advance past a received page (see the module's notes on ties); return its records
         minus those an earlier page delivered as they are."""
         keys = _keys(records)
-        expect, self._expect = self._expect, None
-        if expect is not None and _vanished(records, keys, expect):
-            deep = (
-                ""
-                if records
-                else ", or the API serves nothing this deep (an offset limit: a smaller "
-                "TCXC_WINDOW keeps windows shallower)"
-            )
-            raise ResultChangedError(
-                f"the page at offset {self.offset} lacks the records the previous page ended "
-                "with: the API's result for the window changed while it was paged (records "
-                f"before this offset went away){deep}, so later records may have gone unread; "
-                "the window is not taken as complete"
-            )
+        self._refuse(records, keys, body_digest)
         fresh = _unseen(records, keys, self._delivered, self._ahead)
         if self._ahead and self._ahead.keys().isdisjoint(keys):
             self._ahead = {}  # passed: the pages from here on start beyond them
         start, after_short, tie_start = self.offset, self._short, self._tie_start
-        self._short = self._tie_start = None
+        self._short = self._tie_start = self._expect = None
         self.advance(distinct_count(records, keys), body_digest)
         if self.done:
             return fresh
         if after_short is not None:  # a short page that was not the last: the server's cap
             self._full = min(self._full or self.page_size, after_short)
             if tie_start is not None:  # read the tie at the end of that page again
-                if tie_start < 0:
-                    raise _one_tie(-tie_start - 1)
                 self._ahead = _by_key(records, keys)
                 self.offset, self._expect = tie_start, self._short_tie
                 return fresh
@@ -154,6 +139,28 @@ class OffsetPaginator:
             self.offset -= overlap
             self._expect = tie  # the next page starts with it, in some order
         return fresh
+
+    def _refuse(self, records: Sequence[Any], keys: list[Any], body_digest: bytes) -> None:
+        """Raise when the page shows that the tie guard cannot hold (before ``advance``)."""
+        if self._expect is not None and _vanished(records, keys, self._expect):
+            deep = (
+                ""
+                if records
+                else ", or the API serves nothing this deep (an offset limit: a smaller "
+                "TCXC_WINDOW keeps windows shallower)"
+            )
+            raise ResultChangedError(
+                f"the page at offset {self.offset} lacks the records the previous page ended "
+                "with: the API's result for the window changed while it was paged (records "
+                f"before this offset went away){deep}, so later records may have gone unread; "
+                "the window is not taken as complete"
+            )
+        if records and self._tie_start is not None and self._tie_start < 0:
+            raise _one_tie(-self._tie_start - 1)  # that short page, one tie, was not the last
+        if body_digest == self._last_digest and len(records) > 1:
+            fields = self._fields or sorting_fields(records) or ()
+            if tail_tie(records, fields).size == len(records):  # ties reordered, not `off`
+                raise _one_tie(self.offset)
 
 
 def _one_tie(offset: int) -> PaginationError:

@@ -232,3 +232,14 @@ def test_a_tie_that_comes_back_empty_is_not_the_end() -> None:
     with pytest.raises(PaginationError, match="changed while it was paged") as caught:
         paginator.take([], page_digest(b"2"))
     assert "offset limit" in str(caught.value)  # or an API that serves nothing this deep
+
+
+def test_a_tie_served_again_in_another_order_is_not_taken_for_an_ignored_offset() -> None:
+    """Four calls of one second, pages cut at two, the second request ordering the tie so
+    that the same two come back: the error says the tie cannot be paged, not that the
+    server ignores `off`."""
+    tie = [{"i_cdr": str(n), "setup_time": "00:00"} for n in range(4)]
+    paginator = OffsetPaginator(30)
+    paginator.take(tie[:2], page_digest(repr(tie[:2]).encode()))
+    with pytest.raises(PaginationError, match="shares one second"):
+        paginator.take(tie[:2], page_digest(repr(tie[:2]).encode()))
