@@ -139,8 +139,10 @@ Records = list[Any]  # one page's records, as parsed from the API's JSON
 
 def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     """The records of every page of ``window``, the final empty page included: fetched
-    (paced, retried) and loop-guarded, not yet normalised. Touches no database: it runs ahead
-    of the loader (etl.prefetch)."""
+    (paced, retried) and loop-guarded, not yet normalised; records a page repeats from an
+    earlier one as they were are left out (etl.pagination re-reads the tie at each page's
+    end), so a page may come out empty. Touches no database: it runs ahead of the loader
+    (etl.prefetch)."""
     settings = job.settings
     paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
     restarts = 0
