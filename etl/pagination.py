@@ -60,14 +60,15 @@ class OffsetPaginator:
     # The tie guard (``take``): how many records make a page full (``page_size`` until the
     # server shows a lower cap), the records the next page may repeat (by i_cdr; ``ahead``:
     # those of a page read past a tie that is being read again), the length of the last page
-    # when it was short, where the tie at its end started (None: none to re-read; negative:
-    # -1 - its offset, a page that was one tie) and that tie.
+    # when it was short, where the tie at its end started (None: none to re-read) and that
+    # tie, or the offset of that page when it was one tie.
     _full: int = field(default=0, repr=False)
     _delivered: dict[Any, Any] = field(default_factory=dict, repr=False)
     _ahead: dict[Any, Any] = field(default_factory=dict, repr=False)
     _short: int | None = field(default=None, repr=False)
     _tie_start: int | None = field(default=None, repr=False)
     _short_tie: Tie | None = field(default=None, repr=False)
+    _one_tie_at: int | None = field(default=None, repr=False)
     # The fields that sort the window's pages (from its first page that tells, see
     # ``sorting_fields``).
     _fields: tuple[str, ...] | None = field(default=None, repr=False)
@@ -113,7 +114,7 @@ class OffsetPaginator:
         if self._ahead and self._ahead.keys().isdisjoint(keys):
             self._ahead = {}  # passed: the pages from here on start beyond them
         start, after_short, tie_start = self.offset, self._short, self._tie_start
-        self._short = self._tie_start = self._expect = None
+        self._short = self._tie_start = self._one_tie_at = self._expect = None
         self.advance(distinct_count(records, keys), body_digest)
         if self.done:
             return fresh
@@ -131,8 +132,10 @@ class OffsetPaginator:
         self._delivered = _by_key(records, keys)  # the next page may re-read any of them
         if len(records) < (self._full or self.page_size):  # the end, or cut short: see next
             self._short, self._short_tie = len(records), tie
-            if overlap:
-                self._tie_start = self.offset - overlap if overlap < count else -start - 1
+            if overlap >= count > 1:
+                self._one_tie_at = start
+            elif overlap:
+                self._tie_start = self.offset - overlap
         elif overlap >= count > 1:
             raise _one_tie(start)
         elif overlap < count:
@@ -155,8 +158,8 @@ class OffsetPaginator:
                 f"before this offset went away){deep}, so later records may have gone unread; "
                 "the window is not taken as complete"
             )
-        if records and self._tie_start is not None and self._tie_start < 0:
-            raise _one_tie(-self._tie_start - 1)  # that short page, one tie, was not the last
+        if records and self._one_tie_at is not None:
+            raise _one_tie(self._one_tie_at)  # that short page, one tie, was not the last
         if body_digest == self._last_digest and len(records) > 1:
             fields = self._fields or sorting_fields(records) or ()
             if tail_tie(records, fields).size == len(records):  # ties reordered, not `off`
@@ -291,16 +294,8 @@ def page_digest(rows_json: bytes) -> bytes:
 def distinct_count(records: Sequence[Any], keys: list[Any] | None = None) -> int:
     """How many different records a page holds (by i_cdr; records without one all count).
     ``keys``: the page's ``_keys``, when they are at hand."""
-    if keys is None and set(map(type, records)) == {dict}:  # the usual page: C-speed passes
-        keys = list(map(dict.get, records, repeat("i_cdr")))
-    if keys is not None and set(map(type, keys)) == {str}:
+    keys = _keys(records) if keys is None else keys
+    if set(map(type, keys)) == {str}:  # the usual page: C-speed passes
         return len(set(map(str.strip, keys)))
-    distinct: set[object] = set()
-    anonymous = 0
-    for record in records:
-        key = record.get("i_cdr") if isinstance(record, dict) else None
-        if key is None or isinstance(key, dict | list):
-            anonymous += 1
-        else:
-            distinct.add(str(key).strip())
-    return len(distinct) + anonymous
+    distinct = {str(key).strip() for key in keys if key is not None}
+    return len(distinct) + keys.count(None)

@@ -143,9 +143,11 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     earlier one as they were are left out (etl.pagination re-reads the tie at each page's
     end), so a page may come out empty. Touches no database: it runs ahead of the loader
     (etl.prefetch)."""
-    settings = job.settings
-    paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
-    restarts = 0
+
+    def first_page() -> OffsetPaginator:
+        return OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
+
+    paginator, restarts = first_page(), 0
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
@@ -163,7 +165,7 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
                 exc,
             )
             # Pages already loaded come again: held alike, they are counted unchanged.
-            paginator = OffsetPaginator(settings.page_size, settings.max_pages_per_window)
+            paginator = first_page()
             continue
         except ApiError as exc:
             raise exc.located(f"account {job.api_login}, window {window}") from None
