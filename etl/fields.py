@@ -4,6 +4,11 @@ and types them. Shared by normalisation, the schema and the raw-payload modes.""
 from __future__ import annotations
 
 TEXT, BIGINT, COUNT, DECIMAL, TIME = "text", "bigint", "count", "decimal", "time"
+# What the typed columns hold: text up to MAX_TEXT characters, non-negative ids and counts
+# within PostgreSQL's bigint and integer.
+MAX_TEXT = 2000
+BIGINT_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
 
 # Every documented field, in column order. Column names are the API's names in lower case.
 FIELD_KINDS: dict[str, str] = {

@@ -11,7 +11,8 @@ Two outputs, one meaning:
 - ``Normalizer.normalize_page(records)``: a whole page -> the same rows as lines of
   PostgreSQL's COPY text format (which PostgreSQL casts to exactly those typed values), plus
   the rejects with their reasons. This is the load path: it works column by column with
-  checks that run in C (``str.isdigit`` over a joined column, set lookups, ``map``), so the
+  the checks of ``etl.columns``, which run in C (a regular expression over a joined column,
+  set lookups, ``map``), so the
   common, well-formed page never builds a Decimal or a datetime. A value the fast checks do
   not vouch for goes through the reference converters; a record they refuse goes through
   ``normalize``, which rejects it with its reason (or, if it accepts it, gives its row).
@@ -25,41 +26,50 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from itertools import repeat
-from math import copysign
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from etl import payload, rowdigest
+from etl.columns import (
+    FAST_CHECKS,
+    TIMES,
+    Fast,
+    holds_nul,
+    json_copy_texts,
+    payload_texts,
+    positive_ids,
+    present_strings,
+    raw_copy_texts,
+    typed_text,
+    with_nulls,
+)
 from etl.errors import InvalidRecordError
 from etl.fields import (
     API_KEY_SET,
     API_KEYS,
     BIGINT,
+    BIGINT_MAX,
     COUNT,
     DECIMAL,
     FIELD_KINDS,
     FIELDS,
+    INT_MAX,
+    MAX_TEXT,
     TEXT,
     TIME,
     ZERO_TIMES,
 )
 from etl.pgtext import (
     NULL,
-    PLAIN_FLOAT,
     copy_escape,
     join_parts,
     jsonb_object_parts,
     jsonb_text,
-    jsonb_texts,
     utc_offset_text,
 )
 
-MAX_TEXT = 2000
-BIGINT_MAX = 2**63 - 1
-INT_MAX = 2**31 - 1
 MAX_DECIMAL_DIGITS = 30
 MAX_DECIMAL_SCALE = 12
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
@@ -170,7 +180,7 @@ class Normalizer:
             raw_json = orjson.dumps(raw).decode()
         except TypeError as exc:  # orjson refuses e.g. integers beyond 64 bits
             raise InvalidRecordError(f"payload cannot be stored as JSON: {exc}") from None
-        if _holds_nul(raw_json):
+        if holds_nul(raw_json):
             raise InvalidRecordError("payload contains a NUL character")
         return (*values, self.api_login, self._digester.digest(record), raw_json)
 
@@ -232,8 +242,8 @@ class Normalizer:
         plain: list[bool] = []  # per field: are its values plain JSON strings?
         rebuilt: list[str] = []  # per field: which values api_record rebuilds (etl.payload)
         for (name, kind), values in zip(FIELD_KINDS.items(), columns, strict=True):
-            found = _FAST_COLUMNS[kind](values) if kind != TIME else self._time_column(values)
-            if found is None or (name == "i_cdr" and not _positive_ids(found[0])):
+            found = FAST_CHECKS[kind](values) if kind != TIME else self._time_column(values)
+            if found is None or (name == "i_cdr" and not positive_ids(found[0])):
                 found = self._exact_column(name, values, bad), "", False, payload.CHECK
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
@@ -242,13 +252,13 @@ class Normalizer:
             digests = self.digests(records)
         parts += [self._login_text + "\t", rowdigest.copy_texts(digests), "\t"]
         if raws is not None:
-            parts.append(_raw_copy_texts(_payload_texts(raws, bad), bad))
+            parts.append(raw_copy_texts(payload_texts(raws, bad), bad))
         elif self.raw_payload == payload.COMPACT:  # the usual page: what the columns miss
             texts = payload.page_texts(columns, rebuilt, self._utc, bad)
-            parts.append(texts if isinstance(texts, str) else _raw_copy_texts(texts, bad))
+            parts.append(texts if isinstance(texts, str) else raw_copy_texts(texts, bad))
         elif self.raw_payload == payload.FULL:  # the usual page: the fields are the payload
             json = [
-                v if p else _json_copy_texts(v, bad) for v, p in zip(columns, plain, strict=True)
+                v if p else json_copy_texts(v, bad) for v, p in zip(columns, plain, strict=True)
             ]
             parts += jsonb_object_parts(API_KEYS, json, plain)
         else:
@@ -302,9 +312,9 @@ class Normalizer:
             raws.append(self._payload(record, extra))
         return list(zip(*rows, strict=True)), raws, bad
 
-    def _time_column(self, values: Sequence[Any]) -> _Fast | None:
+    def _time_column(self, values: Sequence[Any]) -> Fast | None:
         """Naive 'YYYY-MM-DD HH:MM:SS' local times + the UTC offset of their hour, or None."""
-        present, full = _present_strings(values, _TIMES)
+        present, full = present_strings(values, TIMES)
         if present is None:
             return None
         heads = list(map(_HEAD, present))
@@ -323,7 +333,7 @@ class Normalizer:
         if len(suffixes) == 1 and full:  # one offset for the whole column
             return values, suffixes.pop(), plain, state
         texts = list(map(operator.add, present, map(offsets.__getitem__, heads)))
-        return _with_nulls(values, texts), "", plain, state
+        return with_nulls(values, texts), "", plain, state
 
     def _hour_offset(self, head: str) -> str:
         """The offset text shared by every second of local hour ``head``, or ""."""
@@ -362,12 +372,12 @@ class Normalizer:
                 bad.add(index)
             if name == "i_cdr" and not typed:
                 bad.add(index)  # missing or 0: ``normalize`` says which
-            texts.append(_typed_text(kind, typed))
+            texts.append(typed_text(kind, typed))
         return texts
 
     def _typed_line(self, row: Sequence[Any]) -> str:
         """One row of ``normalize`` as a COPY text line."""
-        fields = map(_typed_text, FIELD_KINDS.values(), row)
+        fields = map(typed_text, FIELD_KINDS.values(), row)
         digest, raw = rowdigest.copy_texts([row[-2]])[0], jsonb_text(orjson.loads(row[-1]))
         return "\t".join((*fields, self._login_text, digest, copy_escape(raw)))
 
@@ -409,197 +419,8 @@ def _split_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return fields, extra
 
 
-# --- The COPY text path -------------------------------------------------------------------
-# Each fast check accepts a column only when its text is exactly what the reference
-# converter would produce once PostgreSQL casts it (the same integer, the same numeric with
-# the same scale, the same instant); otherwise it returns None and the column goes through
-# the reference converters value by value.
-
-_NULLS: dict[Any, str] = {None: NULL, "": NULL}
-_NONE = type(None)
-_STR_OR_NONE = frozenset({str, _NONE})
-_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit/scale limits
-_SEP = payload.SEP  # joins a column's values for the pattern checks (no pattern matches it)
+# Time columns (Normalizer._time_column): an hour's local times share one UTC offset.
 _HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}")
 _HEAD = operator.itemgetter(slice(0, 13))  # "YYYY-MM-DD HH"
 _MAX_CACHED = 100_000  # entries of the hour-offset and float-text caches
 _NULL_ROW: tuple[Any, ...] = (None,) * len(FIELDS)
-_FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
-
-
-# A column that passed its fast check: its COPY texts, a suffix every one of them takes,
-# whether its values are plain JSON strings (each goes into the payload as it is, quoted), and
-# which of them api_record rebuilds from the column (a state of etl.payload).
-_Fast = tuple[Sequence[str], str, bool, str]
-
-
-def _present_strings(values: Sequence[Any], pattern: re.Pattern[str]) -> tuple[Any, bool]:
-    """(the values that are not NULL ('' or null), whether none is NULL) when every value is a
-    string or null and the present ones, joined by _SEP, match ``pattern``; else (None, _).
-    One pass over the values' objects (the join), then a scan of contiguous memory."""
-    try:
-        if pattern.fullmatch(_SEP.join(values)):
-            return values, True
-    except TypeError:  # null among them, or not strings at all
-        if not set(map(type, values)) <= _STR_OR_NONE:
-            return None, False
-    present = list(filter(None, values))  # only None and "" are false among str/None
-    return (present if not present or pattern.fullmatch(_SEP.join(present)) else None), False
-
-
-def _text_column(values: Sequence[Any]) -> _Fast | None:
-    try:
-        joined = "".join(values)
-        present, full = values, "" not in values
-    except TypeError:  # null among them, or not strings at all
-        if not set(map(type, values)) <= _STR_OR_NONE:
-            return None
-        present, full = list(filter(None, values)), False
-        joined = "".join(present)
-    # Printable (so no NUL, tab, newline, CR or other control) and no backslash: such text
-    # needs no escaping as a COPY field, nor inside a JSON string but for quotes.
-    if "\\" in joined or not joined.isprintable():
-        return None
-    if len(joined) > MAX_TEXT and max(map(len, present)) > MAX_TEXT:
-        return None
-    plain = present is values and '"' not in joined
-    return _nulled(values, full), "", plain, payload.present_state(full)
-
-
-def _integer_column(pattern: re.Pattern[str], high: int) -> Callable[[Sequence[Any]], _Fast | None]:
-    def check(values: Sequence[Any]) -> _Fast | None:
-        present, full = _present_strings(values, pattern)
-        if present is not None:
-            texts = _nulled(values, full)
-            return texts, "", None not in values, payload.strings_state(present, full)
-        if set(map(type, values)) != {int}:  # JSON numbers (bool is another type)
-            return None
-        if min(values) < 0 or max(values) > high:
-            return None
-        return list(map(str, values)), "", False, payload.NUMBERS
-
-    return check
-
-
-def _decimal_column(values: Sequence[Any]) -> _Fast | None:
-    present, full = _present_strings(values, _DECIMALS)
-    if present is not None:
-        return _nulled(values, full), "", None not in values, payload.strings_state(present, full)
-    if set(map(type, values)) != {float}:
-        return None
-    texts = _float_texts(values)  # as repr(), like the reference: plain decimals, no -0.0
-    return None if texts is None else (texts, "", False, payload.NUMBERS)
-
-
-def _json_copy_texts(values: Sequence[Any], bad: set[int]) -> list[str]:
-    """The values in jsonb's output form, as COPY fields."""
-    if set(map(type, values)) == {float}:
-        texts = _float_texts(values)
-        if texts is not None:
-            return texts
-    try:
-        return _raw_copy_texts(jsonb_texts(values), bad)
-    except TypeError:  # e.g. an integer beyond 64 bits: ``normalize`` rejects the record
-        return _raw_copy_texts(_payload_texts(values, bad), bad)
-
-
-def _float_texts(values: Sequence[float]) -> list[str] | None:
-    """repr() of each float when every one is a plain decimal within the numeric limits (so
-    it is also how jsonb prints it), else None. Cached: prices repeat across a page.
-
-    -0.0 equals 0.0 and hashes alike, so the cache (and a set) would take one for the other: a
-    page holding a negative zero goes value by value (its repr is not a plain decimal)."""
-    if 0.0 in values and any(value == 0.0 and copysign(1.0, value) < 0 for value in values):
-        return None
-    texts: list[str | None] = list(map(_FLOAT_TEXTS.get, values))
-    if None in texts:
-        if len(_FLOAT_TEXTS) > _MAX_CACHED:
-            _FLOAT_TEXTS.clear()
-        for value in set(values):  # (the cache is shared by worker threads: no iterating it)
-            text = repr(value)
-            if (
-                value not in _FLOAT_TEXTS
-                and _DECIMAL_TEXT.fullmatch(text)
-                and PLAIN_FLOAT.fullmatch(text)
-            ):
-                _FLOAT_TEXTS[value] = text
-        texts = list(map(_FLOAT_TEXTS.get, values))
-        if None in texts:
-            return None
-    return texts  # type: ignore[return-value]  # no None left
-
-
-def _nulled(values: Sequence[Any], full: bool) -> Sequence[str]:
-    """The values as COPY fields ('' and null as NULL); ``full``: there is none of those."""
-    return values if full else [_NULLS.get(value, value) for value in values]
-
-
-def _with_nulls(values: Sequence[Any], texts: list[str]) -> Sequence[str]:
-    """``texts`` (one per present value) spread back over ``values`` with NULLs between."""
-    if len(texts) == len(values):
-        return texts
-    found = iter(texts)
-    return [NULL if value is None or value == "" else next(found) for value in values]
-
-
-def _positive_ids(texts: Sequence[str]) -> bool:
-    """No i_cdr is missing or zero (those records are rejected by ``normalize``)."""
-    return NULL not in texts and "" not in map(str.lstrip, texts, repeat("0"))
-
-
-def _repeated(item: str) -> re.Pattern[str]:
-    """Matches ``item`` (a pattern without groups) once or more, separated by _SEP."""
-    return re.compile(f"(?:{item})(?:{_SEP}(?:{item}))*")
-
-
-_DECIMALS = _repeated(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit and scale limits
-_TIMES = _repeated("[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-5][0-9]:[0-5][0-9]")
-_FAST_COLUMNS: dict[str, Callable[[Sequence[Any]], _Fast | None]] = {
-    TEXT: _text_column,
-    BIGINT: _integer_column(_repeated("[0-9]{1,18}"), BIGINT_MAX),  # 18 digits fit a bigint
-    COUNT: _integer_column(_repeated("[0-9]{1,9}"), INT_MAX),  # 9 digits fit an integer
-    DECIMAL: _decimal_column,
-}
-
-
-def _typed_text(kind: str, value: Any) -> str:
-    """A typed value of ``normalize`` as COPY text PostgreSQL reads back as the same value."""
-    if value is None:
-        return NULL
-    if kind == TEXT:
-        return copy_escape(value)
-    if kind == TIME:
-        return str(value.astimezone(UTC).isoformat())
-    return str(value)  # int, or Decimal (str keeps its digits and exponent: the same scale)
-
-
-def _payload_texts(raws: Sequence[Any], bad: set[int]) -> list[str]:
-    """Each raw payload in jsonb's output form; one orjson would refuse puts its record in bad."""
-    texts: list[str] = []
-    for index, raw in enumerate(raws):
-        try:
-            texts.append(jsonb_text(raw))
-        except TypeError:
-            bad.add(index)
-            texts.append("{}")
-    return texts
-
-
-# A NUL character as JSON writes it (jsonb cannot hold one): \u0000 after an even number of
-# backslashes; after an odd number, the backslash before "u0000" is itself escaped text.
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def _holds_nul(json_text: str) -> bool:
-    """Whether JSON text holds a NUL character (a substring test first, at C speed)."""
-    return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
-
-
-def _raw_copy_texts(texts: list[str], bad: set[int]) -> list[str]:
-    """Payload texts as COPY fields; one holding a NUL character puts its record in bad."""
-    joined = "".join(texts)
-    if _holds_nul(joined):  # the reference refuses these (see ``normalize``)
-        bad.update(index for index, text in enumerate(texts) if _holds_nul(text))
-    if "\\" in joined:
-        return [text.replace("\\", "\\\\") for text in texts]
-    return texts

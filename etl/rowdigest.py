@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-_SOURCES = ("fields.py", "normalize.py", "payload.py", "pgtext.py", "rowdigest.py")
+_SOURCES = ("columns.py", "fields.py", "normalize.py", "payload.py", "pgtext.py", "rowdigest.py")
 
 
 def _code_version() -> bytes:
