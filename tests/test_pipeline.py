@@ -83,6 +83,26 @@ def test_resync_is_a_no_op(sim: Simulator, engine: Engine, database_url: str) ->
     assert write_counters(engine) == counters_before
 
 
+def test_a_range_moved_on_by_a_day_loads_only_the_new_day(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """The API a day later (the demo run again tomorrow): the days both ranges hold come back
+    unchanged, the new day is inserted, nothing is updated or in conflict."""
+    with Simulator(sim_config) as sim:
+        assert _backfill(sim, engine).ok
+        before = set(_db_ids(engine))
+    day = timedelta(days=1)
+    later = replace(sim_config, end=SIM_END + day)
+    with Simulator(later) as sim:
+        settings = make_settings(sim)
+        start, end = (moment + day for moment in sim_range())
+        summary = pipeline.backfill(engine, make_job(settings), start, end)
+        new = set(_api_ids(sim)) - before
+    assert summary.ok and summary.counts.updated == summary.counts.conflicts == 0
+    assert summary.counts.inserted == len(new) > 0
+    assert _db_ids(engine) == sorted(before | new)
+
+
 @pytest.mark.parametrize("order", ["asc", "desc", "shuffled"])
 def test_capped_pages_and_any_order_still_yield_every_row(
     sim_config: SimulatorConfig, engine: Engine, order: str
@@ -106,8 +126,8 @@ def test_ties_cut_differently_per_request_lose_nothing(
     dense = replace(
         sim_config,
         order="ties",
-        cdrs=1500,
-        start=SIM_END - timedelta(minutes=8),
+        cdrs=1200,  # two a second: ties everywhere, none as long as a page of 10
+        start=SIM_END - timedelta(minutes=10),
         max_page_size=cap,
     )
     with Simulator(dense) as sim:

@@ -355,6 +355,24 @@ def test_same_seed_same_data_and_accounts_are_disjoint() -> None:
     assert demo_ids.isdisjoint(other_ids)
 
 
+def test_a_day_is_the_same_whatever_range_holds_it() -> None:
+    """A UTC day's calls depend on the seed, the login, the day and the rate (CDRs per second)
+    only: a simulator whose range moved on by a day serves the days both hold unchanged, as a
+    real API keeps serving the past, and the range's count stays exact."""
+    today = config(cdrs=700, start=START, end=END)
+    tomorrow = config(cdrs=700, start=START + timedelta(days=1), end=END + timedelta(days=1))
+    first, later = Simulator(today).records("demo"), Simulator(tomorrow).records("demo")
+    assert len(first) == len(later) == 700
+
+    def shared(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        low, high = str(START + timedelta(days=1)), str(END)
+        return [r for r in records if low <= r["setup_time"] < high]
+
+    assert shared(first) == shared(later) and len(shared(first)) > 500
+    ids = [int(r["i_cdr"]) for r in later]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # i_cdr grows with setup time
+
+
 def test_publish_serves_late_and_malformed_records(
     sim: Simulator, session: requests.Session
 ) -> None:

@@ -4,7 +4,8 @@ Rows are generated sorted by setup time (then ``i_cdr``, which grows with it) an
 API-format JSON only when served: each (destination, vendor, account, connection) combination
 gets a JSON template made once with orjson, and a row fills in its 12 per-call values, which is
 several times cheaper than building and dumping a dict. Everything derives from
-``(seed, login)``: the same configuration always produces the same records.
+``(seed, login)`` and each UTC day (see ``generate``): the same configuration always produces
+the same records, and a day's records do not depend on the rest of the range.
 """
 
 from __future__ import annotations
@@ -66,13 +67,14 @@ class Profile:
 
 
 def icdr_bucket(login: str) -> int:
-    """Which billion the login's ``i_cdr`` values start at (1..9000)."""
+    """Which bucket of 10**12 the login's ``i_cdr`` values start at (1..9000)."""
     digest = hashlib.sha256(login.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % 9000 + 1
 
 
 def make_profile(login: str, seed: int, bucket: int) -> Profile:
-    """The account constants of ``login``, its ``i_cdr`` values starting at bucket * 10**9."""
+    """The account constants of ``login``, its ``i_cdr`` values starting at bucket * 10**12
+    (room for every second until 2400 at ICDR_PER_SECOND; 16 digits at most)."""
     h = int.from_bytes(hashlib.sha256(f"{seed}:{login}".encode()).digest()[:8], "big")
     i_customer = 100 + h % 9000
     first_name = 3001 + (h >> 16) % 900
@@ -80,7 +82,7 @@ def make_profile(login: str, seed: int, bucket: int) -> Profile:
         (str(i_customer * 10 + k), f"SBC-{first_name + k}", f"203.0.113.{10 + (h >> 32) % 200 + k}")
         for k in range(1 + (h >> 8) % 3)
     )
-    return Profile(login, seed, i_customer, accounts, bucket * 10**9)
+    return Profile(login, seed, i_customer, accounts, bucket * 10**12)
 
 
 class CdrTable:
@@ -237,22 +239,58 @@ _CODE_TEXTS = tuple(str(code) for code in _CODES)
 _REASONS = tuple(Q850_REASONS[code] for code in _CODES)
 
 
+# i_cdr = icdr_base + setup second * ICDR_PER_SECOND + the call's rank among that second's
+# calls: it grows with setup time and never depends on the rest of the range.
+ICDR_PER_SECOND = 64
+DAY = 86400
+
+
 def generate(profile: Profile, count: int, start: datetime, end: datetime) -> CdrTable:
-    """``count`` CDRs with setup times spread over ``[start, end)``, sorted by setup time."""
+    """``count`` CDRs with setup times spread over ``[start, end)``, sorted by setup time.
+
+    A real API keeps serving the past as it was, so the data do too: each UTC day's calls are
+    drawn from their own random stream (seed, login, day), ``count * day's seconds / span`` of
+    them (rounded on the epoch's seconds, so a day's share depends on the rate alone and the
+    range still holds exactly ``count``), and a call's ``i_cdr`` comes from its setup second
+    and its rank among that second's calls. Two ranges of the same rate
+    (``count / span``) that share a whole day serve the same calls for it, values and ``i_cdr``
+    alike: the demo run again a day later loads one new day. (A day the range holds in part
+    is drawn for that part alone.)
+    """
+    t0, t1 = to_epoch(start), to_epoch(end)
+    if t0 < 0:
+        raise ValueError("the simulator's data start in 1970 at the earliest")
+    span = max(1, t1 - t0)
     table = CdrTable(profile)
-    rng = random.Random(f"tcxc-sim:{profile.seed}:{profile.login}")
-    t0 = to_epoch(start)
-    span = max(1, to_epoch(end) - t0)
+    call_ids: list[bytes] = []  # 16 bytes a call
+    t1 = t0 + span
+    for day in range(t0 // DAY, -(-t1 // DAY)):
+        lo, hi = max(t0, day * DAY), min(t1, (day + 1) * DAY)
+        quota = count * hi // span - count * lo // span  # (the sum over days is count)
+        part = "" if (lo, hi) == (day * DAY, (day + 1) * DAY) else f":{lo}-{hi}"
+        rng = random.Random(f"tcxc-sim:{profile.seed}:{profile.login}:{day}{part}")
+        call_ids.append(_generate_day(table, rng, quota, lo, hi))
+    table.call_ids = b"".join(call_ids)
+    return table
+
+
+def _generate_day(table: CdrTable, rng: random.Random, count: int, lo: int, hi: int) -> bytes:
+    """Append ``count`` calls with setup times in ``[lo, hi)`` to ``table``, in setup time
+    order; return their call ids."""
+    profile = table.profile
     randrange, getrandbits, lognorm = rng.randrange, rng.getrandbits, rng.lognormvariate
-    times = sorted([randrange(span) for _ in range(count)])
-    icdr = profile.icdr_base
-    n_pools = len(CLI_POOLS)
+    n_pools, n_accounts, n_vendors = len(CLI_POOLS), len(profile.accounts), len(VENDORS)
+    tens = [10 ** (d.digits - len(d.prefix)) for d in DESTINATIONS]
     setup_a, icdr_a, cld_a, cli_a = table.setup, table.icdr, table.cld, table.cli
     dur_a, ring_a, dest_a, vend_a = table.duration, table.ring, table.dest, table.vendor
     code_a, misc_a = table.code, table.misc
-    n_accounts = len(profile.accounts)
-    tens = [10 ** (d.digits - len(d.prefix)) for d in DESTINATIONS]
-    for offset in times:
+    base = profile.icdr_base
+    previous, rank = -1, 0
+    for setup in sorted([lo + randrange(hi - lo) for _ in range(count)]):
+        rank = rank + 1 if setup == previous else 0
+        if rank == ICDR_PER_SECOND:
+            raise ValueError(f"more than {ICDR_PER_SECOND} calls in one second: fewer cdrs")
+        previous = setup
         r1 = getrandbits(64)
         r2 = getrandbits(64)
         d = _DEST_PICK[r1 & 1023]
@@ -264,18 +302,16 @@ def generate(profile: Profile, count: int, start: datetime, end: datetime) -> Cd
         else:
             duration, code = min(3600, 1 + int(lognorm(3.6, 1.2))), 0
             ring = 1 + ring % 20
-        icdr += 1 + ((r1 >> 49) & 1)
         pool_start, pool_size = CLI_POOLS[((r1 >> 50) & 7) % n_pools]
-        setup_a.append(t0 + offset)
-        icdr_a.append(icdr)
+        setup_a.append(setup)
+        icdr_a.append(base + setup * ICDR_PER_SECOND + rank)
         cld_a.append((r2 & 0xFFFFFFFFFF) % tens[d])
         cli_a.append(pool_start + (r2 >> 40) % pool_size)
         dur_a.append(duration)
         ring_a.append(ring)
         dest_a.append(d)
-        vend_a.append(((r1 >> 30) & 255) % len(VENDORS))
+        vend_a.append(((r1 >> 30) & 255) % n_vendors)
         code_a.append(code)
         account = ((r1 >> 38) & 3) % n_accounts
         misc_a.append(account | ((r1 >> 40) & 3) << 2 | (((r1 >> 42) & 3) != 0) << 4)
-    table.call_ids = rng.randbytes(16 * count)
-    return table
+    return rng.randbytes(16 * count)

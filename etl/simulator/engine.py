@@ -27,7 +27,8 @@ from etl.simulator.store import AccountStore
 
 
 def _buckets(logins: Sequence[str]) -> dict[str, int]:
-    """A distinct ``i_cdr`` billion per login: its hash bucket, or the next free one."""
+    """A distinct ``i_cdr`` bucket per login (see ``make_profile``): its hash bucket, or the
+    next free one."""
     taken: set[int] = set()
     result: dict[str, int] = {}
     for login in sorted(logins):
