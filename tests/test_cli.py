@@ -59,6 +59,15 @@ def test_bad_configuration_exits_2_naming_every_setting() -> None:
     assert "secretpw" not in result.stderr
 
 
+def test_simulator_options_it_cannot_serve_exit_2() -> None:
+    """`simulate` with more CDRs than its days can hold: exit 2, one line naming --cdrs' value
+    and its limit, no traceback, before any port is opened."""
+    result = run_cli("simulate", "--cdrs", "5000000", "--days", "1", "--port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cdrs must be at most 20 a second: 1728000 here" in lines[0]
+
+
 def test_missing_credentials_exit_2(database_url: str) -> None:
     """A backfill without login and key stops before any work, naming both settings."""
     result = run_cli(

@@ -487,6 +487,12 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="order") as caught:
         SimulatorConfig(order="random", max_page_size=0)
     assert "max_page_size" in str(caught.value)
+    with pytest.raises(ValueError, match="at most 20 a second: 1200 here"):
+        SimulatorConfig(cdrs=1201, start=END - timedelta(minutes=1), end=END)
+    densest = Simulator(config(cdrs=1200, start=END - timedelta(minutes=1)))
+    assert len({r["i_cdr"] for r in densest.records("demo")}) == 1200  # room in every second
+    with pytest.raises(ValueError, match="1970 or later"):
+        SimulatorConfig(start=datetime(1969, 12, 31), end=datetime(1970, 1, 2))
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault("404")
     assert "demo-key" not in repr(SimulatorConfig())

@@ -30,7 +30,10 @@ def report(app: AppContext, limit: int) -> None:
 def _simulator_config(**options: Any) -> Any:
     from etl.simulator import SimulatorConfig
 
-    return SimulatorConfig(**{key: value for key, value in options.items() if value is not None})
+    try:
+        return SimulatorConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:  # the options' values, said as the simulator checks them
+        raise UsageError(str(exc)) from None
 
 
 @cli.command()

@@ -60,6 +60,10 @@ class SimulatorConfig:
         return f"SimulatorConfig(accounts=<{len(self.accounts)} logins>, {shown})"
 
 
+# Generated calls per second of the range at most (etl.simulator.data.ICDR_PER_SECOND).
+MAX_CDRS_PER_SECOND = 20
+
+
 def _problems(config: SimulatorConfig) -> list[str]:
     problems = _window_problems(config)
     if not config.accounts:
@@ -95,4 +99,12 @@ def _window_problems(config: SimulatorConfig) -> list[str]:
             problems.append(f"{name} must be a naive datetime (API zone)")
     if config.start is not None and config.end is not None and config.start >= config.end:
         problems.append("start must be before end")
+    if problems:
+        return problems
+    start, end = config.window()
+    if start < datetime(1970, 1, 1):
+        problems.append("start must be in 1970 or later")
+    most = int(MAX_CDRS_PER_SECOND * (end - start).total_seconds())
+    if config.cdrs > most:  # (denser, a second could hold more calls than i_cdr has room for)
+        problems.append(f"cdrs must be at most {MAX_CDRS_PER_SECOND} a second: {most} here")
     return problems
