@@ -252,10 +252,10 @@ def generate(profile: Profile, count: int, start: datetime, end: datetime) -> Cd
     drawn from their own random stream (seed, login, day), ``count * day's seconds / span`` of
     them (rounded on the epoch's seconds, so a day's share depends on the rate alone and the
     range still holds exactly ``count``), and a call's ``i_cdr`` comes from its setup second
-    and its rank among that second's calls. Two ranges of the same rate
-    (``count / span``) that share a whole day serve the same calls for it, values and ``i_cdr``
-    alike: the demo run again a day later loads one new day. (A day the range holds in part
-    is drawn for that part alone.)
+    and its rank among that second's calls. Two ranges of the same rate (``count / span``)
+    that share a whole day serve the same calls for it, values and ``i_cdr`` alike: the demo
+    run again a day later loads one new day. (A day the range holds in part is drawn for that
+    part alone.) SimulatorConfig keeps the rate low enough for ICDR_PER_SECOND.
     """
     t0, t1 = to_epoch(start), to_epoch(end)
     if t0 < 0:
