@@ -95,7 +95,8 @@ class OffsetPaginator:
         if body_digest == self._last_digest:
             raise PaginationError(
                 f"page at offset {self.offset} repeats the previous page: the server "
-                "ignores `off`; refusing to loop"
+                "ignores `off` (or its result changed between the two requests in a way that "
+                "served the same page again); refusing to loop"
             )
         if self.pages >= self.max_pages:
             raise PaginationError(

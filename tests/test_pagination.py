@@ -62,8 +62,9 @@ def test_identical_consecutive_pages_stop_the_loop() -> None:
     """A server that ignores `off` serves the same page again: that is an error, not a loop."""
     paginator = OffsetPaginator(10)
     paginator.advance(10, page_digest(b"same"))
-    with pytest.raises(PaginationError, match="repeats the previous page"):
+    with pytest.raises(PaginationError, match="repeats the previous page") as caught:
         paginator.advance(10, page_digest(b"same"))
+    assert "ignores `off` (or its result changed" in str(caught.value)  # both causes named
 
 
 def test_a_page_larger_than_asked_is_an_error() -> None:
