@@ -34,7 +34,7 @@ bench: $(STAMP)
 # New random examples for the property tests (make test runs the same ones every time).
 explore: $(STAMP)
 	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest tests/test_pagination.py \
-		tests/test_normalize.py tests/test_windows.py tests/test_passes.py
+		tests/test_normalize.py tests/test_payload.py tests/test_windows.py tests/test_passes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
