@@ -491,6 +491,8 @@ def test_config_rejects_bad_values() -> None:
         SimulatorConfig(cdrs=1201, start=END - timedelta(minutes=1), end=END)
     densest = Simulator(config(cdrs=1200, start=END - timedelta(minutes=1)))
     assert len({r["i_cdr"] for r in densest.records("demo")}) == 1200  # room in every second
+    with pytest.raises(ValueError, match="start must be before end"):
+        SimulatorConfig(start=datetime(2400, 1, 1))  # the end defaults to today
     with pytest.raises(ValueError, match="1970 or later"):
         SimulatorConfig(start=datetime(1969, 12, 31), end=datetime(1970, 1, 2))
     with pytest.raises(ValueError, match="unknown fault kind"):

@@ -102,6 +102,8 @@ def _window_problems(config: SimulatorConfig) -> list[str]:
     if problems:
         return problems
     start, end = config.window()
+    if start >= end:  # (end not given: today 00:00 UTC)
+        return [f"start must be before end ({end:%Y-%m-%d %H:%M:%S})"]
     if start < datetime(1970, 1, 1):
         problems.append("start must be in 1970 or later")
     most = int(MAX_CDRS_PER_SECOND * (end - start).total_seconds())
