@@ -26,7 +26,7 @@ _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
 _DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit/scale limits
 _SEP = payload.SEP  # joins a column's values for the pattern checks (no pattern matches it)
-_MAX_CACHED = 100_000  # entries of the float-text cache
+MAX_CACHED = 100_000  # entries of a page-path cache (float texts here, hour offsets)
 _FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
 
 
@@ -116,7 +116,7 @@ def _float_texts(values: Sequence[float]) -> list[str] | None:
         return None
     texts: list[str | None] = list(map(_FLOAT_TEXTS.get, values))
     if None in texts:
-        if len(_FLOAT_TEXTS) > _MAX_CACHED:
+        if len(_FLOAT_TEXTS) > MAX_CACHED:
             _FLOAT_TEXTS.clear()
         for value in set(values):  # (the cache is shared by worker threads: no iterating it)
             text = repr(value)

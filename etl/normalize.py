@@ -34,6 +34,7 @@ import orjson
 from etl import payload, rowdigest
 from etl.columns import (
     FAST_CHECKS,
+    MAX_CACHED,
     TIMES,
     Fast,
     holds_nul,
@@ -321,7 +322,7 @@ class Normalizer:
         offsets = self._hour_offsets
         distinct = set(heads)
         if not offsets.keys() >= distinct:
-            if len(offsets) > _MAX_CACHED:
+            if len(offsets) > MAX_CACHED:
                 offsets.clear()
             for head in distinct - offsets.keys():
                 offsets[head] = self._hour_offset(head)
@@ -422,5 +423,5 @@ def _split_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
 # Time columns (Normalizer._time_column): an hour's local times share one UTC offset.
 _HOUR_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}")
 _HEAD = operator.itemgetter(slice(0, 13))  # "YYYY-MM-DD HH"
-_MAX_CACHED = 100_000  # entries of the hour-offset and float-text caches
+# The fields of a record that cannot be split into fields (``normalize`` rejects it).
 _NULL_ROW: tuple[Any, ...] = (None,) * len(FIELDS)

@@ -129,7 +129,8 @@ class OffsetPaginator:
         if self._fields is None:  # the server's order, from the first page that tells
             self._fields = sorting_fields(records)
         tie = tail_tie(records, self._fields or ())
-        overlap = distinct_count(records[len(records) - tie.size :]) if tie.size else 0
+        tail = len(records) - tie.size
+        overlap = distinct_count(records[tail:], keys[tail:]) if tie.size else 0
         self._delivered = _by_key(records, keys)  # the next page may re-read any of them
         if len(records) < (self._full or self.page_size):  # the end, or cut short: see next
             self._short, self._short_tie = len(records), tie
@@ -277,9 +278,6 @@ def _unseen(records: Sequence[Any], keys: list[Any], *held: dict[Any, Any]) -> l
                 position[key] for key in common if records[position[key]] == records_held[key]
             )
     return [r for i, r in enumerate(records) if i not in again] if again else list(records)
-
-
-_NOTHING = object()
 
 
 def page_digest(rows_json: bytes) -> bytes:

@@ -147,6 +147,7 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     def first_page() -> OffsetPaginator:
         return OffsetPaginator(job.settings.page_size, job.settings.max_pages_per_window)
 
+    where = f"account {job.api_login}, window {window}"
     paginator, restarts = first_page(), 0
     while not paginator.done:
         page = fetch_page(job, window, paginator)
@@ -154,7 +155,7 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
             records = paginator.take(page.records, page_digest(page.body))
         except ResultChangedError as exc:
             if restarts == RESULT_RESTARTS:
-                raise exc.located(f"account {job.api_login}, window {window}") from None
+                raise exc.located(where) from None
             restarts += 1
             log.warning(
                 "paging again from the first page account=%s window=%s (%d of %d): %s",
@@ -168,7 +169,7 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
             paginator = first_page()
             continue
         except ApiError as exc:
-            raise exc.located(f"account {job.api_login}, window {window}") from None
+            raise exc.located(where) from None
         yield records
 
 
