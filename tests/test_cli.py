@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from etl.cli import cli
+from etl.client import ApiClient
+from etl.errors import ApiError
 from etl.simulator import Simulator
-from tests.conftest import ROOT, free_port, run_cli, sim_env
+from tests.conftest import ROOT, free_port, run_cli, sim_env, start_cli
 
 CLI_ENV = {"TCXC_PAGE_SIZE": "500"}  # this file's settings on top of sim_env's
 
@@ -66,6 +70,32 @@ def test_simulator_options_it_cannot_serve_exit_2() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cdrs must be at most 20 a second: 1728000 here" in lines[0]
+
+
+def test_live_simulator_serves_todays_ended_calls() -> None:
+    """`simulate --live` (the compose simulator) serves today's calls that have ended by now,
+    none still going."""
+    port = free_port()
+    proc = start_cli("simulate", "--live", "--port", str(port), "--cdrs", "20000", "--days", "1")
+    try:
+        client = ApiClient(f"http://127.0.0.1:{port}/buyers/callhistory", "demo", "demo-key")
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        window = {"date_from": f"{today:%Y-%m-%d} 00:00:00", "pager": "100000", "off": "0"}
+        window["date_to"] = f"{today + timedelta(days=1):%Y-%m-%d} 00:00:00"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                records = client.fetch_page(window).records
+                break
+            except ApiError:  # not listening yet
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.2)
+        stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
+        assert all(r["disconnect_time"] <= stamp for r in records)
+        assert len(records) >= 20000 * (datetime.now(UTC) - today) / timedelta(days=1) - 500
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def test_missing_credentials_exit_2(database_url: str) -> None:
@@ -174,7 +204,8 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 @pytest.mark.parametrize("path", ["docker-compose.yml"])
 def test_compose_file_is_valid(path: str) -> None:
-    """docker-compose.yml parses and its services run tcxc-etl commands that exist."""
+    """docker-compose.yml parses and its services run tcxc-etl commands (and options) that
+    exist."""
     import yaml
 
     services = yaml.safe_load((ROOT / path).read_text())["services"]
@@ -184,6 +215,9 @@ def test_compose_file_is_valid(path: str) -> None:
         command = service.get("command")
         if isinstance(command, list) and command[0] == "tcxc-etl":
             assert command[1] in cli.commands, f"{name} runs unknown command {command[1]}"
+            options = {flag for p in cli.commands[command[1]].params for flag in p.opts}
+            unknown = [word for word in command[2:] if word.startswith("--")]
+            assert set(unknown) <= options, f"{name} passes unknown options {unknown}"
 
 
 def test_module_runs_with_help(tmp_path: Path) -> None:

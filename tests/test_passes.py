@@ -15,8 +15,8 @@ from etl import state
 from etl.config import Settings
 from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, plan_deep, plan_incremental, run_pass
-from etl.simulator import Fault, Simulator
-from tests.conftest import make_job, make_settings, table_rows
+from etl.simulator import Fault, Simulator, SimulatorConfig
+from tests.conftest import SIM_END, make_job, make_settings, table_rows
 
 NOW = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)  # settle lag 10 min: passes end at 2026-10-01
 START = datetime(2026, 9, 21, tzinfo=UTC)
@@ -171,3 +171,35 @@ def test_watermark_never_moves_backwards(sim: Simulator, engine: Engine) -> None
     )
     assert state.read_watermark(engine, "buyer1", "") == state_before
     assert START < NOW
+
+
+def test_incremental_passes_follow_a_live_api(engine: Engine) -> None:
+    """Against a live API (calls keep coming, each served once it ends), each incremental pass
+    loads every call served by then and set up before now - settle lag; a call that was still
+    going during one pass is loaded by the next, through the lookback."""
+    accounts = {"buyer1": "key-one"}
+    # 20 days at the live simulator's rate (2,000 calls in its 10 days of history).
+    ahead = SimulatorConfig(accounts=accounts, cdrs=4000, start=SIM_END - timedelta(days=10))
+    ahead = replace(ahead, end=SIM_END + timedelta(days=10))
+    talking = next(
+        r
+        for r in Simulator(ahead).records("buyer1")
+        if r["setup_time"] >= str(SIM_END) and int(r["duration"]) > 700
+    )
+    # The first pass runs 650 s after that call was set up: it is going, and older than the lag.
+    now = datetime.fromisoformat(talking["setup_time"]).replace(tzinfo=UTC) + timedelta(seconds=650)
+    clock = {"now": now}
+
+    def unix_now() -> float:
+        return clock["now"].timestamp()
+
+    live = SimulatorConfig(accounts=accounts, cdrs=2000, days=10, live=True, clock=unix_now)
+    with Simulator(live) as sim:
+        settings = _settings(sim)
+        for step in (0, 2):  # a pass now, another two hours later
+            clock["now"] = now + timedelta(hours=step)
+            assert run_pass(engine, make_job(settings), INCREMENTAL, clock["now"]).ok
+            cut = (clock["now"] - settings.settle_lag).strftime("%Y-%m-%d %H:%M:%S")
+            served = {int(r["i_cdr"]) for r in sim.records("buyer1") if r["setup_time"] <= cut}
+            assert _ids(engine) == served
+            assert (int(talking["i_cdr"]) in served) == (step == 2)

@@ -6,7 +6,7 @@ import http.client
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -373,6 +373,72 @@ def test_a_day_is_the_same_whatever_range_holds_it() -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)  # i_cdr grows with setup time
 
 
+class FakeClock:
+    """A clock a test moves by hand."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.now = moment.replace(tzinfo=UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ended_by(records: list[dict[str, Any]], moment: float) -> list[dict[str, Any]]:
+    """The records whose call ended by ``moment`` (Unix seconds)."""
+    stamp = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return [r for r in records if r["disconnect_time"] <= stamp]
+
+
+def test_a_live_simulator_serves_calls_once_they_have_ended(session: requests.Session) -> None:
+    """Live, the calls run on past the history at the same rate, day after day, and a call is
+    served once its disconnect time has passed: exactly what a longer fixed range holds, cut
+    at the clock. Each answer covers the calls ended by then, earlier answers unchanged."""
+    longer = Simulator(config(cdrs=900, end=END + timedelta(days=2))).records("demo")  # same rate
+    talking = next(r for r in longer if r["setup_time"] > str(END) and int(r["duration"]) > 9)
+    # The clock: 5 s into a call set up on the day after the 7 days' history.
+    clock = FakeClock(datetime.fromisoformat(talking["connect_time"]) + timedelta(seconds=5))
+    live = config(cdrs=700, start=None, end=None, days=7, live=True, clock=clock)
+    assert live.window() == (START, END)
+    with Simulator(live) as sim:
+        window = {"date_from": str(START), "date_to": str(END + timedelta(days=3))}
+        now = fetch_all(sim, session, pager=500, **window)
+        assert now == ended_by(longer, clock.now) == sim.records("demo")
+        assert any(r["setup_time"] > str(END) for r in now) and talking not in now
+        clock.now += 3600
+        later = fetch_all(sim, session, pager=500, **window)
+        assert later == ended_by(longer, clock.now) and talking in later
+        assert all(r in later for r in now)
+        clock.now += 86400  # the next day: its calls are generated as the clock gets there
+        tomorrow = fetch_all(sim, session, pager=500, **window)
+        assert tomorrow == ended_by(longer, clock.now)
+        assert any(r["setup_time"] > str(END + timedelta(days=1)) for r in tomorrow)
+
+
+def test_a_live_simulator_keeps_published_and_withdrawn_records_as_it_grows(
+    session: requests.Session,
+) -> None:
+    """Records published to a live simulator (and rows withdrawn from it) stay as they were
+    when its next day's calls are added."""
+    clock = FakeClock(END + timedelta(hours=23))
+    with Simulator(config(cdrs=700, end=None, days=7, live=True, clock=clock)) as sim:
+        first = sim.records("demo")[0]
+        gone = {**first, "i_cdr": "8", "setup_time": str(START)}  # the first of its hour
+        sim.publish("demo", gone)
+        sim.withdraw_while_paging(requests=1, records=1)
+        first_hour = {"date_from": str(START), "date_to": str(START + timedelta(hours=1))}
+        fetch_all(sim, session, pager=1, **first_hour)  # its second request withdraws it
+        late = {**first, "i_cdr": "9", "setup_time": str(START)}
+        sim.publish("demo", late)
+        before = sim.records("demo")
+        assert late in before and gone not in before
+        clock.now += 7200
+        after = sim.records("demo")
+        assert late in after and gone not in after and len(after) > len(before)
+        assert [r for r in after if r["setup_time"] < str(END)] == [
+            r for r in before if r["setup_time"] < str(END)
+        ]
+
+
 def test_publish_serves_late_and_malformed_records(
     sim: Simulator, session: requests.Session
 ) -> None:
@@ -498,6 +564,10 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault("404")
     assert "demo-key" not in repr(SimulatorConfig())
+    with pytest.raises(ValueError, match="live simulator has no end"):
+        SimulatorConfig(live=True, start=START, end=END)
+    with pytest.raises(ValueError, match="live simulator filters on setup_time"):
+        SimulatorConfig(live=True, filter_field="connect_time")
 
 
 def test_latency_includes_the_simulators_own_work() -> None:

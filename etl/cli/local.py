@@ -53,6 +53,11 @@ def _simulator_config(**options: Any) -> Any:
 )
 @click.option("--fault-rate", type=float, default=0.0, help="Share of requests that fail.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Calls keep coming after the history, at the same rate; each is served once it ends.",
+)
 def simulate(
     port: int,
     cdrs: int,
@@ -65,6 +70,7 @@ def simulate(
     latency: float,
     fault_rate: float,
     host: str,
+    live: bool,
 ) -> None:
     """Run the TCXC-compatible API simulator on 127.0.0.1 until interrupted."""
     from etl.simulator import Simulator
@@ -79,11 +85,14 @@ def simulate(
         order=order,
         latency=latency,
         host=host,
+        live=live,
     )
     sim = Simulator(config)
     if fault_rate:
         sim.set_fault_rate(fault_rate, ["429", "500", "503", "truncated", "html"], seed=seed)
     click.echo(f"TCXC simulator listening on {sim.url} (login {login!r}); Ctrl-C stops it")
+    if live:
+        click.echo(f"  live: {cdrs:,} calls every {days} days, each served once it has ended")
     click.echo(f"  TCXC_API_URL={sim.url} TCXC_API_LOGIN={login} TCXC_API_KEY=<the --key value>")
     try:
         sim.serve_forever()

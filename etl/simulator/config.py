@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,12 @@ class SimulatorConfig:
     ``start`` and ``end`` are naive datetimes in the API's zone (UTC). Left as ``None`` they
     resolve to ``end = today 00:00 UTC`` and ``start = end - days``; use :meth:`window` to get
     the resolved pair.
+
+    ``live``: the calls run on past ``end`` at the same rate, day after day, and a call is
+    served only once it has ended (its disconnect time has passed on ``clock``), as a real API
+    shows calls: a daemon pointed at it finds new calls on every pass. A live simulator has
+    no ``end`` of its own and filters on ``setup_time``. ``clock`` (Unix seconds) is the time
+    the simulator believes it is: the default end's "today", and what a live one serves.
     """
 
     accounts: Mapping[str, str] = field(default_factory=_default_accounts)
@@ -38,6 +45,8 @@ class SimulatorConfig:
     filter_field: str = "setup_time"
     port: int = 0
     host: str = "127.0.0.1"  # only a container (docker-compose) should listen elsewhere
+    live: bool = False
+    clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -48,14 +57,14 @@ class SimulatorConfig:
         """The resolved ``[start, end)`` span the generated CDRs' setup times fall in."""
         end = self.end
         if end is None:
-            now = datetime.now(UTC)
+            now = datetime.fromtimestamp(self.clock(), UTC)
             end = datetime(now.year, now.month, now.day)
         start = self.start if self.start is not None else end - timedelta(days=self.days)
         return start, end
 
     def __repr__(self) -> str:
         # API keys never appear in a repr.
-        names = [name for name in self.__dataclass_fields__ if name != "accounts"]
+        names = [name for name in self.__dataclass_fields__ if name not in ("accounts", "clock")]
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"SimulatorConfig(accounts=<{len(self.accounts)} logins>, {shown})"
 
@@ -78,6 +87,10 @@ def _problems(config: SimulatorConfig) -> list[str]:
         problems.append(f"order must be one of {ORDERS}")
     if config.filter_field not in FILTER_FIELDS:
         problems.append(f"filter_field must be one of {FILTER_FIELDS}")
+    if config.live and config.end is not None:
+        problems.append("a live simulator has no end: its calls run on with the clock")
+    if config.live and config.filter_field != "setup_time":
+        problems.append("a live simulator filters on setup_time")
     if config.duplicate_every < 0:
         problems.append("duplicate_every must be >= 0")
     if config.skew_seconds < 0:

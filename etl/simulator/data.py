@@ -101,6 +101,8 @@ class CdrTable:
         self.vendor = array("B")
         self.code = array("B")
         self.misc = array("B")  # account index (2 bits), connection (2 bits), has ip (1 bit)
+        self.rate = (0, 1)  # (calls, seconds): each day holds its share of calls at this rate
+        self.until = 0  # Unix end of the generated setup times
         self._days: dict[int, str] = {}
         self._clock = _clock()
         self._templates: dict[int, tuple[tuple[str, ...], int]] = {}
@@ -243,6 +245,10 @@ _REASONS = tuple(Q850_REASONS[code] for code in _CODES)
 # calls: it grows with setup time and never depends on the rest of the range.
 ICDR_PER_SECOND = 64
 DAY = 86400
+MAX_DURATION = 3600
+# A call ends at most this long after its setup (its ring time is under 32 s): a live
+# simulator checks the disconnect time of the calls set up this close to its clock only.
+LONGEST_CALL = MAX_DURATION + 32
 
 
 def generate(profile: Profile, count: int, start: datetime, end: datetime) -> CdrTable:
@@ -262,16 +268,36 @@ def generate(profile: Profile, count: int, start: datetime, end: datetime) -> Cd
         raise ValueError("the simulator's data start in 1970 at the earliest")
     span = max(1, t1 - t0)
     table = CdrTable(profile)
-    call_ids: list[bytes] = []  # 16 bytes a call
-    t1 = t0 + span
+    table.rate, table.until = (count, span), t0
+    _append(table, t0 + span)
+    return table
+
+
+def extend(table: CdrTable, until: int) -> int:
+    """Generate ``table``'s calls on from where they end up to Unix time ``until`` (a live
+    simulator's next day), at the same rate: the same calls a range reaching that far would
+    hold. Return how many were added."""
+    if table.until % DAY:
+        raise ValueError("only data ending at midnight UTC can be extended")
+    before = len(table)
+    if until > table.until:
+        _append(table, until)
+    return len(table) - before
+
+
+def _append(table: CdrTable, t1: int) -> None:
+    """Append the calls of ``[table.until, t1)``, day by day, and move ``until`` to ``t1``."""
+    count, span = table.rate
+    t0 = table.until
+    call_ids: list[bytes] = [table.call_ids]  # 16 bytes a call
     for day in range(t0 // DAY, -(-t1 // DAY)):
         lo, hi = max(t0, day * DAY), min(t1, (day + 1) * DAY)
-        quota = count * hi // span - count * lo // span  # (the sum over days is count)
+        quota = count * hi // span - count * lo // span  # (over [t0, t0 + span): count)
         part = "" if (lo, hi) == (day * DAY, (day + 1) * DAY) else f":{lo}-{hi}"
-        rng = random.Random(f"tcxc-sim:{profile.seed}:{profile.login}:{day}{part}")
+        rng = random.Random(f"tcxc-sim:{table.profile.seed}:{table.profile.login}:{day}{part}")
         call_ids.append(_generate_day(table, rng, quota, lo, hi))
     table.call_ids = b"".join(call_ids)
-    return table
+    table.until = t1
 
 
 def _generate_day(table: CdrTable, rng: random.Random, count: int, lo: int, hi: int) -> bytes:
@@ -300,7 +326,7 @@ def _generate_day(table: CdrTable, rng: random.Random, count: int, lo: int, hi: 
             duration, code = 0, 1 + _FAIL_PICK[(r1 >> 20) & 1023]
             ring %= 31
         else:
-            duration, code = min(3600, 1 + int(lognorm(3.6, 1.2))), 0
+            duration, code = min(MAX_DURATION, 1 + int(lognorm(3.6, 1.2))), 0
             ring = 1 + ring % 20
         pool_start, pool_size = CLI_POOLS[((r1 >> 50) & 7) % n_pools]
         setup_a.append(setup)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from etl.simulator.config import SimulatorConfig
-from etl.simulator.data import generate, icdr_bucket, make_profile
+from etl.simulator.data import DAY, extend, generate, icdr_bucket, make_profile
 from etl.simulator.faults import ALTERING_KINDS, Fault, FaultPlan, altered, fault_reply
 from etl.simulator.protocol import (
     WRONG_SIGNATURE,
@@ -51,9 +51,11 @@ class Engine:
         if start >= end:
             raise ValueError(f"SimulatorConfig window is empty: start {start} >= end {end}")
         self._stores: dict[str, AccountStore] = {}
+        clock = config.clock if config.live else None
         for login, bucket in _buckets(list(self.accounts)).items():
             table = generate(make_profile(login, config.seed, bucket), config.cdrs, start, end)
-            self._stores[login] = AccountStore(table, config.filter_field, config.order)
+            self._stores[login] = AccountStore(table, config.filter_field, config.order, clock)
+        self._live_through()
         self._faults = FaultPlan()
         self._envelope: bytes | None = None
         self._requests = 0
@@ -110,6 +112,7 @@ class Engine:
         with self.lock:
             if self._envelope is not None:
                 return Reply(200, self._envelope)
+            self._live_through()
             store = self._stores[login]
             if self._withdrawals and query.off > 0:
                 store.withdraw_first(query.date_from, query.date_to, query.prefix, self._withdraw)
@@ -125,8 +128,9 @@ class Engine:
     # --- ground truth and test control ---------------------------------------------------
 
     def records(self, login: str) -> list[dict[str, Any]]:
-        """Every record of ``login`` with its latest values, in ``i_cdr`` order."""
+        """Every record of ``login`` served now, with its latest values, in ``i_cdr`` order."""
         with self.lock:
+            self._live_through()
             return self._store(login).records()
 
     def publish(self, login: str, record: dict[str, Any]) -> None:
@@ -188,6 +192,15 @@ class Engine:
         """How many HTTP requests arrived."""
         with self.lock:
             return self._requests
+
+    def _live_through(self) -> None:
+        """A live simulator's calls reach the end of the clock's day (its next day's come
+        when the clock gets there)."""
+        if self.config.live:
+            day_end = (int(self.config.clock()) // DAY + 1) * DAY
+            for store in self._stores.values():
+                if extend(store.table, day_end):
+                    store.grow()
 
     def _store(self, login: str) -> AccountStore:
         store = self._stores.get(login)

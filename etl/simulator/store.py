@@ -11,9 +11,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import heapq
+import itertools
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 
 from etl.simulator.catalog import DESTINATIONS
-from etl.simulator.data import TIME_FORMAT, CdrTable, to_epoch
+from etl.simulator.data import LONGEST_CALL, TIME_FORMAT, CdrTable, to_epoch
 
 _LAST = 1 << 62  # sort position of a record without a parsable time
 _M64 = (1 << 64) - 1
@@ -85,10 +86,23 @@ def _published(record: dict[str, Any], filter_field: str) -> _Published:
 
 
 class AccountStore:
-    """The CDRs of one login and the queries the API answers over them."""
+    """The CDRs of one login and the queries the API answers over them.
 
-    def __init__(self, table: CdrTable, filter_field: str, order: str) -> None:
+    With a ``clock`` (a live simulator's), a generated call is served only once its
+    disconnect time has passed; ``grow`` takes in calls the table gained since.
+    """
+
+    def __init__(
+        self,
+        table: CdrTable,
+        filter_field: str,
+        order: str,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if clock is not None and filter_field != "setup_time":
+            raise ValueError("a live store filters on setup_time")
         self.table = table
+        self._clock = clock
         self._n = len(table)
         self._filter_field = filter_field
         self._order = order
@@ -103,8 +117,18 @@ class AccountStore:
         self._published: list[_Published] = []
         self._withdrawn: set[int] = set()  # rows (by number) no query returns any more
         self._amounts: dict[int, str] = {}
-        self._cache: OrderedDict[tuple[int | None, int | None, str], Sequence[int]]
+        self._cache: OrderedDict[tuple[int | None, int | None, str, int | None], Sequence[int]]
         self._cache = OrderedDict()
+
+    def grow(self) -> None:
+        """Take in the rows the table gained (a live simulator's next day): they are numbered
+        on from the old last one, and published records, numbered after them, move up."""
+        added = len(self.table) - self._n
+        if added:
+            old = self._n
+            self._withdrawn = {ref + added if ref >= old else ref for ref in self._withdrawn}
+            self._n += added
+            self._cache.clear()
 
     def page(self, lo: int | None, hi: int | None, prefix: str, off: int, limit: int) -> list[str]:
         """JSON text of the rows ``off .. off + limit`` of the query, in the configured order."""
@@ -114,11 +138,15 @@ class AccountStore:
         return [self._text(ref) for ref in selection[off : off + limit]]
 
     def select(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
-        """Row numbers whose filter time is in ``[lo, hi]`` and CLD starts with ``prefix``."""
-        key = (lo, hi, prefix)
+        """Row numbers whose filter time is in ``[lo, hi]`` and CLD starts with ``prefix``
+        (and, live, whose call has ended)."""
+        now = None if self._clock is None else int(self._clock())
+        if now is not None and hi is not None and hi < now - LONGEST_CALL:
+            now = None  # every call set up by ``hi`` has ended: the selection stays as it is
+        key = (lo, hi, prefix, now)
         found = self._cache.get(key)
         if found is None:
-            found = self._cache[key] = self._compute(lo, hi, prefix)
+            found = self._cache[key] = self._compute(lo, hi, prefix, now)
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         else:
@@ -153,8 +181,8 @@ class AccountStore:
             raise KeyError(f"no CDR with i_cdr {i_cdr!r}")
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record with its latest values, in ``i_cdr`` order."""
-        rows = [row for row in range(self._n) if row not in self._withdrawn]
+        """Every record served now, with its latest values, in ``i_cdr`` order."""
+        rows = [row for row in self._served(range(self._n)) if row not in self._withdrawn]
         generated: list[dict[str, Any]] = orjson.loads("[" + ",".join(map(self._text, rows)) + "]")
         published = [p for k, p in enumerate(self._published) if self._n + k not in self._withdrawn]
         if not published:
@@ -172,14 +200,34 @@ class AccountStore:
             return self.table.record_json(ref, self._amounts.get(ref))
         return self._published[ref - self._n].text
 
-    def _compute(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
+    def _served(self, rows: Sequence[int], now: int | None = None) -> Sequence[int]:
+        """``rows`` (generated rows, ascending) but the calls still going at ``now``
+        (default: the clock's time; nothing is left out without a clock)."""
+        if self._clock is None:
+            return rows
+        now = int(self._clock()) if now is None else now
+        ended = self.table.disconnect
+        recent = bisect.bisect_right(self._keys, now - LONGEST_CALL)  # rows before: ended
+        if isinstance(rows, range) and rows.step == 1:
+            cut = max(rows.start, min(rows.stop, recent))
+            tail = (row for row in range(cut, rows.stop) if ended(row) <= now)
+            return array("q", itertools.chain(range(rows.start, cut), tail))
+        return array("q", (row for row in rows if row < recent or ended(row) <= now))
+
+    def _compute(
+        self, lo: int | None, hi: int | None, prefix: str, now: int | None
+    ) -> Sequence[int]:
         first = 0 if lo is None else bisect.bisect_left(self._keys, lo)
         last = self._n if hi is None else bisect.bisect_right(self._keys, hi)
+        if now is not None:
+            last = min(last, bisect.bisect_right(self._keys, now))  # (set up by now)
         rows: Sequence[int]
         if self._perm is None:
             rows = range(first, max(first, last))
         else:
             rows = array("q", sorted(self._perm[first:last]))
+        if now is not None:
+            rows = self._served(rows, now)
         if prefix:
             rows = self._with_prefix(rows, prefix)
         extra = [
