@@ -347,6 +347,30 @@ def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
     return found
 
 
+# The first-sync and re-sync targets, as (ratio, numerator variant, denominator variant).
+PAIRED = (
+    ("copy_into_cdr_vs_speed_of_light", "copy-cdr", "sol"),
+    ("first_sync_vs_speed_of_light", "etl", "sol"),
+    ("first_sync_vs_naive_upsert", "etl", "naive"),
+    ("resync_vs_first_sync", "resync", "etl"),
+)
+
+
+def round_ratios(results: dict[str, Any]) -> dict[str, list[float]]:
+    """Each ratio of PAIRED within every round (the two variants ran minutes apart at most,
+    under the same load): steadier than best against best when the machine's speed drifts
+    between rounds."""
+    found: dict[str, list[float]] = {}
+    for name, top, bottom in PAIRED:
+        if top in results and bottom in results and "wall_seconds_all" in results[top]:
+            pairs = zip(
+                results[top]["wall_seconds_all"], results[bottom]["wall_seconds_all"], strict=True
+            )
+            rows = results[top]["rows_loaded"], results[bottom]["rows_loaded"]
+            found[name] = [(rows[0] / top_wall) / (rows[1] / wall) for top_wall, wall in pairs]
+    return found
+
+
 def report(payload: dict[str, Any]) -> None:
     results = payload["results"]
     print()
@@ -403,9 +427,17 @@ def report(payload: dict[str, Any]) -> None:
             )
         print(line)
         shown.update((ideal, limited))
+    per_round = payload.get("ratios_per_round", {})
     for name in found:
         if name not in shown:
-            print(f"{name}: {ratio(name)}")
+            rounds = per_round.get(name)
+            paired = (
+                f"; per round: {', '.join(f'{x:.2f}' for x in rounds)},"
+                f" median {statistics.median(rounds):.2f}"
+                if rounds
+                else ""
+            )
+            print(f"{name}: {ratio(name)}{paired}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -422,7 +454,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--latency", type=float, default=0.0, help="simulated seconds/request")
     parser.add_argument("--single-window", action="store_true", help="the whole range at once")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best and median)")
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="rounds: runs per variant (best, median, per round)"
+    )
     parser.add_argument(
         "--variants",
         default="sol,copy-cdr,naive,etl",
@@ -482,6 +516,7 @@ def main() -> None:
     payload = result_payload(started, settings, results=results, ratios=ratios(results))
     if options.repeat > 1:
         payload["ratios_of_medians"] = ratios(results, median=True)
+        payload["ratios_per_round"] = round_ratios(results)
     report(payload)
     write_results(payload, options.output)
 
