@@ -179,3 +179,25 @@ def test_health_fails_when_lagging(sim: Simulator, database_url: str) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
+
+
+def test_a_daemon_pass_is_counted_in_metrics_without_an_error(
+    sim: Simulator, database_url: str
+) -> None:
+    """Each pass of the daemon counts its run by kind and status in /metrics, and the job logs
+    no error (the pass's result is recorded, not raised)."""
+    port = free_port()
+    env = sim_env(sim, database_url, DAEMON_ENV, TCXC_METRICS_PORT=str(port), TCXC_WINDOW="7d")
+    proc = start_cli("daemon", env=env)
+    counted = 'tcxc_runs_total{kind="sync",status="succeeded"} 1.0'
+    try:
+        _wait_for(database_url, "SELECT count(*) FROM etl_run WHERE status = 'succeeded'", 1)
+        deadline = time.monotonic() + 30
+        while counted not in (text := requests.get(f"http://127.0.0.1:{port}/metrics").text):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "raised an exception" not in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,15 +172,18 @@ def daemon(app: AppContext) -> None:
     jobs = _jobs(app, metrics.observer)
     with database(settings) as engine:
 
-        def record(result: PassResult) -> None:
-            if result.summary is not None:
-                metrics.runs.labels(result.summary.status).inc()
+        def recorder(kind: str) -> Callable[[PassResult], None]:
+            def record(result: PassResult) -> None:
+                if result.summary is not None:
+                    metrics.runs.labels(kind, result.summary.status).inc()
+
+            return record
 
         def incremental() -> None:
-            run_all(engine, jobs, INCREMENTAL, on_result=record)
+            run_all(engine, jobs, INCREMENTAL, on_result=recorder(INCREMENTAL))
 
         def deep() -> None:
-            run_all(engine, jobs, DEEP, on_result=record)
+            run_all(engine, jobs, DEEP, on_result=recorder(DEEP))
 
         if settings.metrics_port:
             serve(metrics, settings.metrics_port, lambda: _statuses(engine, settings))
