@@ -52,11 +52,19 @@ def _aware(moment: datetime, settings: Settings) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=settings.api_timezone)
 
 
+def _not_before_start(start: datetime, settings: Settings) -> datetime:
+    """``start``, or TCXC_START_DATE if later: no pass reaches back before it (history
+    before the start date is for an explicit backfill)."""
+    if settings.start_date is None:
+        return start
+    return max(start, _aware(settings.start_date, settings))
+
+
 def plan_incremental(watermark: datetime | None, now: datetime, settings: Settings) -> list[Window]:
     """The windows an incremental pass syncs (empty when there is nothing due)."""
     end = now - settings.settle_lag
     if watermark is not None:
-        start = watermark - settings.lookback
+        start = _not_before_start(watermark - settings.lookback, settings)
     elif settings.start_date is not None:
         start = _aware(settings.start_date, settings)
     else:
@@ -67,10 +75,11 @@ def plan_incremental(watermark: datetime | None, now: datetime, settings: Settin
 
 
 def plan_deep(watermark: datetime | None, now: datetime, settings: Settings) -> list[Window]:
-    """The windows a deep pass re-syncs: the trailing period already covered."""
+    """The windows a deep pass re-syncs: the trailing period already covered (from
+    TCXC_DEEP_LOOKBACK ago, or the start date if later, to the watermark)."""
     if watermark is None:
         return []
-    start = now - settings.deep_lookback
+    start = _not_before_start(now - settings.deep_lookback, settings)
     if start >= watermark:
         return []
     return list(plan_windows(start, watermark, settings.window))

@@ -45,11 +45,13 @@ def _api_ids(sim: Simulator) -> set[int]:
 def test_incremental_plan_covers_from_lookback_to_lag(
     watermark: datetime | None, hours: int
 ) -> None:
-    """Windows run contiguously from watermark - lookback (or the start date) to now - lag."""
+    """Windows run contiguously from watermark - lookback (not before the start date; the start
+    date without a watermark) to now - lag."""
     settings = Settings(start_date=datetime(2026, 1, 1), window=timedelta(hours=hours))
     now = datetime(2026, 12, 2, tzinfo=UTC)
     windows = plan_incremental(watermark, now, settings)
-    first = (watermark - settings.lookback) if watermark else datetime(2026, 1, 1, tzinfo=UTC)
+    start_date = datetime(2026, 1, 1, tzinfo=UTC)
+    first = max(watermark - settings.lookback, start_date) if watermark else start_date
     assert first - timedelta(seconds=1) < windows[0].start <= first
     assert windows[-1].end == now - settings.settle_lag
     assert all(a.end == b.start for a, b in itertools.pairwise(windows))
@@ -63,6 +65,19 @@ def test_deep_plan_reaches_back_to_the_deep_lookback() -> None:
     windows = plan_deep(now - timedelta(hours=1), now, settings)
     assert windows[0].start == now - timedelta(days=7)
     assert windows[-1].end == now - timedelta(hours=1)
+
+
+def test_no_pass_reaches_back_before_the_start_date() -> None:
+    """TCXC_START_DATE bounds every pass: the deep pass's look back and the incremental pass's
+    lookback stop at it (history before it is for an explicit backfill)."""
+    now = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    settings = Settings(start_date=datetime(2026, 9, 29), window=timedelta(hours=6))
+    start = datetime(2026, 9, 29, tzinfo=UTC)
+    deep = plan_deep(now - timedelta(hours=1), now, settings)
+    assert deep[0].start == start and deep[-1].end == now - timedelta(hours=1)
+    assert plan_incremental(start + timedelta(hours=1), now, settings)[0].start == start
+    late = replace(settings, start_date=datetime(2026, 10, 1, 11))  # after the watermark
+    assert plan_deep(now - timedelta(hours=2), now, late) == []
 
 
 def test_first_pass_loads_everything_and_sets_the_watermark(sim: Simulator, engine: Engine) -> None:
