@@ -235,3 +235,24 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_data_dir() == tmp_path / "tcxc-etl" / "pgdata"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert default_data_dir() == Path.home() / ".local/share/tcxc-etl/pgdata"
+
+
+def test_db_commands_keep_a_database_up_for_bi_tools(tmp_path: Path) -> None:
+    """`db start` leaves a migrated database running that `db url` names (psql, BI tools
+    connect to it); `db stop` stops it, and `db url` then says how to start it."""
+    from tests.conftest import run_cli
+
+    env = {"TCXC_EMBEDDED_DIR": str(tmp_path / "pg"), "TCXC_EMBEDDED_PORT": str(free_port())}
+    started = run_cli("db", "start", env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        url = run_cli("db", "url", env=env).stdout.strip()
+        assert url == started.stdout.strip().splitlines()[-1]
+        with psycopg.connect(url) as conn:  # the command has ended; the server runs on
+            assert conn.execute("SELECT count(*) FROM cdr").fetchone() == (0,)
+    finally:
+        stopped = run_cli("db", "stop", env=env)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=3)
+    assert "db start" in run_cli("db", "url", env=env).stderr
