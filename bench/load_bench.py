@@ -1,8 +1,8 @@
 """Load-path benchmark: tcxc-etl against its own baselines, in one run on the same data.
 
     python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
-        [--window-rows N] [--variants sol,copy-cdr,naive,etl] [--workers N]
-        [--raw-payload compact|full|extra] [--repeat 3] [--single-window] [--latency 0]
+        [--window-rows N] [--variants sol,copy-cdr,naive,etl[,etl-lean]] [--workers N]
+        [--raw-payload compact|full|extra] [--repeat 5] [--single-window] [--latency 0]
         [--scaling 1,2,4] [--account-scaling 2,4] [--output FILE]
 
 Starts an embedded PostgreSQL (fsync off; or uses DATABASE_URL) and the API simulator in a
@@ -15,7 +15,9 @@ fresh database:
   schema alone costs, before any normalisation, deduplication or upsert;
 - ``naive``: typed rows, a per-page SQLAlchemy executemany of INSERT ... ON CONFLICT DO UPDATE;
 - ``etl``: tcxc-etl's first sync of the range (``etl.pipeline.backfill``), then ``resync``:
-  the same range again, with the ``cdr`` table's write counters read around it.
+  the same range again, with the ``cdr`` table's write counters read around it;
+- ``etl-lean``: the same first sync into a ``cdr`` without its two search indexes
+  (``LEAN_DROPS``): what they cost a load (README, "Where the time goes"). Not a default.
 
 It prints rows/s, CPU seconds of the variant, of the simulator and of PostgreSQL, peak RSS,
 the load average around each run (other work on the machine), the write counters and the
@@ -64,6 +66,9 @@ END = datetime(2026, 10, 1)  # naive, API zone (UTC): the simulated data ends he
 LOGIN, KEY = "bench", "bench-key"
 TEMPLATE = "bench_template"
 DB_LIMIT = "db-limit"  # the results' name of the database's own limit (--scaling)
+# etl-lean: tcxc-etl into a cdr without the two indexes that serve searches, not loads.
+LEAN = "etl-lean"
+LEAN_DROPS = ("DROP INDEX ix_cdr_cld", "DROP INDEX ix_cdr_customer_amount")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -231,8 +236,14 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
                 name = f"bench_{variant.replace('-', '_')}"
                 url = fresh_database(server_url, name)
                 args = {**base_args, "db_url": db.libpq_url(url)}
+                script = variant
+                if variant == LEAN:
+                    script = "etl"
+                    with psycopg.connect(db.libpq_url(url), autocommit=True) as conn:
+                        for statement in LEAN_DROPS:
+                            conn.execute(statement)
                 print(f"  {variant} (round {attempt + 1}) ...", flush=True)
-                run = run_variant(variant, variant, args, sim, pg_dir)
+                run = run_variant(variant, script, args, sim, pg_dir)
                 run["rows_loaded"] = row_count(url, "sol_cdr" if variant == "sol" else "cdr")
                 runs.setdefault(variant, []).append(run)
                 if variant == "etl":
@@ -344,6 +355,10 @@ def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
         found["first_sync_vs_naive_upsert"] = rate["etl"] / rate["naive"]
     if "etl" in rate and "resync" in rate:
         found["resync_vs_first_sync"] = rate["resync"] / rate["etl"]
+    if LEAN in rate and "sol" in rate:
+        found["lean_first_sync_vs_speed_of_light"] = rate[LEAN] / rate["sol"]
+    if LEAN in rate and "etl" in rate:
+        found["lean_first_sync_vs_first_sync"] = rate[LEAN] / rate["etl"]
     return found
 
 
@@ -353,6 +368,8 @@ PAIRED = (
     ("first_sync_vs_speed_of_light", "etl", "sol"),
     ("first_sync_vs_naive_upsert", "etl", "naive"),
     ("resync_vs_first_sync", "resync", "etl"),
+    ("lean_first_sync_vs_speed_of_light", "etl-lean", "sol"),
+    ("lean_first_sync_vs_first_sync", "etl-lean", "etl"),
 )
 
 
@@ -461,7 +478,8 @@ def parse_args() -> argparse.Namespace:
         "--variants",
         default="sol,copy-cdr,naive,etl",
         type=_names,
-        help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync); '' for none",
+        help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync), etl-lean;"
+        " '' for none",
     )
     parser.add_argument("--workers", type=int, default=0, help="TCXC_WORKERS (0: its default)")
     parser.add_argument("--raw-payload", choices=payload.MODES, default=payload.COMPACT)
