@@ -13,7 +13,7 @@ from etl import pipeline
 from etl.cli.ops import format_report
 from etl.config import Settings
 from etl.simulator import Simulator, SimulatorConfig
-from etl.verify import Example, verify_range
+from etl.verify import WAREHOUSE_ROWS, Example, verify_range
 from tests.conftest import make_job, make_settings, run_cli, sim_env, table_rows, write_counters
 
 TABLES = ("cdr", "cdr_reject", "cdr_conflict", "sync_state", "sync_window", "etl_run")
@@ -170,6 +170,55 @@ def test_extra_row_crossing_the_end_names_the_other_field(
     assert report.time_field.also == ("connect_time",)
     assert report.examples["extra"] == (Example(FAKE_I_CDR, date(2026, 9, 29), ("connect_time",)),)
     assert report.boundary_extra == 1
+
+
+def test_extra_rows_are_found_whatever_their_connect_time(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """The warehouse's rows of the period are found through the connect_time index, yet a row
+    without a connect time, or answered long after its setup, is still counted and listed."""
+    settings = _backfill(sim, engine, database_url)
+    rows = {FAKE_I_CDR: None, FAKE_I_CDR + 1: "2026-09-29 22:00:00+00"}  # 34 h after its setup
+    for i_cdr, connect_time in rows.items():
+        _execute(
+            engine,
+            "INSERT INTO cdr (i_cdr, api_login, raw, setup_time, connect_time)"
+            " VALUES (:i, 'buyer1', '{}', '2026-09-28 12:00:00+00', :c)",
+            i=i_cdr,
+            c=connect_time,
+        )
+    report = verify_range(engine, make_job(settings), *RANGE)
+    extra = {example.i_cdr for example in report.examples["extra"]}
+    assert extra == set(rows)
+    assert report.total("warehouse") == report.total("api") + 2
+
+
+def test_the_warehouse_rows_of_a_period_are_read_through_an_index(engine: Engine) -> None:
+    """verify's warehouse side bounds the period's rows by connect_time, which the
+    (connect_time, api_login) index answers: a day of a year of CDRs is read without reading
+    the year (cdr has no index on setup_time, the field the API filters on here)."""
+    _execute(
+        engine,
+        "INSERT INTO cdr (i_cdr, api_login, raw, setup_time, connect_time)"
+        " SELECT g, 'buyer1', '{}', t, t + interval '5 seconds' FROM generate_series(1, 20000) g,"
+        " LATERAL (SELECT timestamptz '2026-01-01' + g * interval '26 minutes' AS t) moment",
+    )
+    query = "EXPLAIN SELECT c.i_cdr " + WAREHOUSE_ROWS.format(field="setup_time")
+    day = datetime(2026, 9, 28, tzinfo=UTC)
+    params = {
+        "login": "buyer1",
+        "start": day,
+        "end": day.replace(hour=23),
+        "prefix": "",
+        "pattern": "%",
+    }
+    with engine.begin() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("ANALYZE cdr")
+        plan = [row[0] for row in driver.execute(query, params)]
+    bounded = [line for line in plan if "Index Cond" in line and "connect_time >=" in line]
+    assert bounded and "Seq Scan" not in "\n".join(plan), plan
 
 
 def test_unloadable_records_are_listed_and_fail_the_check(
