@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from etl.simulator.config import SimulatorConfig
-from etl.simulator.data import DAY, extend, generate, icdr_bucket, make_profile
+from etl.simulator.data import generate, icdr_bucket, make_profile
 from etl.simulator.faults import ALTERING_KINDS, Fault, FaultPlan, altered, fault_reply
 from etl.simulator.protocol import (
     WRONG_SIGNATURE,
@@ -55,7 +55,6 @@ class Engine:
         for login, bucket in _buckets(list(self.accounts)).items():
             table = generate(make_profile(login, config.seed, bucket), config.cdrs, start, end)
             self._stores[login] = AccountStore(table, config.filter_field, config.order, clock)
-        self._live_through()
         self._faults = FaultPlan()
         self._envelope: bytes | None = None
         self._requests = 0
@@ -112,7 +111,6 @@ class Engine:
         with self.lock:
             if self._envelope is not None:
                 return Reply(200, self._envelope)
-            self._live_through()
             store = self._stores[login]
             if self._withdrawals and query.off > 0:
                 store.withdraw_first(query.date_from, query.date_to, query.prefix, self._withdraw)
@@ -130,7 +128,6 @@ class Engine:
     def records(self, login: str) -> list[dict[str, Any]]:
         """Every record of ``login`` served now, with its latest values, in ``i_cdr`` order."""
         with self.lock:
-            self._live_through()
             return self._store(login).records()
 
     def publish(self, login: str, record: dict[str, Any]) -> None:
@@ -192,15 +189,6 @@ class Engine:
         """How many HTTP requests arrived."""
         with self.lock:
             return self._requests
-
-    def _live_through(self) -> None:
-        """A live simulator's calls reach the end of the clock's day (its next day's come
-        when the clock gets there)."""
-        if self.config.live:
-            day_end = (int(self.config.clock()) // DAY + 1) * DAY
-            for store in self._stores.values():
-                if extend(store.table, day_end):
-                    store.grow()
 
     def _store(self, login: str) -> AccountStore:
         store = self._stores.get(login)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from etl.simulator.catalog import DESTINATIONS
-from etl.simulator.data import LONGEST_CALL, TIME_FORMAT, CdrTable, to_epoch
+from etl.simulator.data import DAY, LONGEST_CALL, TIME_FORMAT, CdrTable, extend, to_epoch
 
 _LAST = 1 << 62  # sort position of a record without a parsable time
 _M64 = (1 << 64) - 1
@@ -88,8 +88,9 @@ def _published(record: dict[str, Any], filter_field: str) -> _Published:
 class AccountStore:
     """The CDRs of one login and the queries the API answers over them.
 
-    With a ``clock`` (a live simulator's), a generated call is served only once its
-    disconnect time has passed; ``grow`` takes in calls the table gained since.
+    With a ``clock`` (a live simulator's), the table is extended to the end of the clock's day
+    as the clock moves (``data.extend``) and a generated call is served only once its
+    disconnect time has passed.
     """
 
     def __init__(
@@ -120,15 +121,20 @@ class AccountStore:
         self._cache: OrderedDict[tuple[int | None, int | None, str, int | None], Sequence[int]]
         self._cache = OrderedDict()
 
-    def grow(self) -> None:
-        """Take in the rows the table gained (a live simulator's next day): they are numbered
-        on from the old last one, and published records, numbered after them, move up."""
-        added = len(self.table) - self._n
+    def _now(self) -> int | None:
+        """The clock's time (None without one), the table extended through its day first:
+        new rows are numbered on from the old last one, and published records, numbered after
+        them, move up with their withdrawals."""
+        if self._clock is None:
+            return None
+        now = int(self._clock())
+        added = extend(self.table, (now // DAY + 1) * DAY)
         if added:
             old = self._n
             self._withdrawn = {ref + added if ref >= old else ref for ref in self._withdrawn}
             self._n += added
             self._cache.clear()
+        return now
 
     def page(self, lo: int | None, hi: int | None, prefix: str, off: int, limit: int) -> list[str]:
         """JSON text of the rows ``off .. off + limit`` of the query, in the configured order."""
@@ -140,7 +146,7 @@ class AccountStore:
     def select(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
         """Row numbers whose filter time is in ``[lo, hi]`` and CLD starts with ``prefix``
         (and, live, whose call has ended)."""
-        now = None if self._clock is None else int(self._clock())
+        now = self._now()
         if now is not None and hi is not None and hi < now - LONGEST_CALL:
             now = None  # every call set up by ``hi`` has ended: the selection stays as it is
         key = (lo, hi, prefix, now)
@@ -182,7 +188,9 @@ class AccountStore:
 
     def records(self) -> list[dict[str, Any]]:
         """Every record served now, with its latest values, in ``i_cdr`` order."""
-        rows = [row for row in self._served(range(self._n)) if row not in self._withdrawn]
+        now = self._now()
+        served = range(self._n) if now is None else self._served(range(self._n), now)
+        rows = [row for row in served if row not in self._withdrawn]
         generated: list[dict[str, Any]] = orjson.loads("[" + ",".join(map(self._text, rows)) + "]")
         published = [p for k, p in enumerate(self._published) if self._n + k not in self._withdrawn]
         if not published:
@@ -200,19 +208,13 @@ class AccountStore:
             return self.table.record_json(ref, self._amounts.get(ref))
         return self._published[ref - self._n].text
 
-    def _served(self, rows: Sequence[int], now: int | None = None) -> Sequence[int]:
-        """``rows`` (generated rows, ascending) but the calls still going at ``now``
-        (default: the clock's time; nothing is left out without a clock)."""
-        if self._clock is None:
-            return rows
-        now = int(self._clock()) if now is None else now
+    def _served(self, rows: range, now: int) -> array[int]:
+        """The generated ``rows`` but the calls still going at ``now``."""
         ended = self.table.disconnect
         recent = bisect.bisect_right(self._keys, now - LONGEST_CALL)  # rows before: ended
-        if isinstance(rows, range) and rows.step == 1:
-            cut = max(rows.start, min(rows.stop, recent))
-            tail = (row for row in range(cut, rows.stop) if ended(row) <= now)
-            return array("q", itertools.chain(range(rows.start, cut), tail))
-        return array("q", (row for row in rows if row < recent or ended(row) <= now))
+        cut = max(rows.start, min(rows.stop, recent))
+        tail = (row for row in range(cut, rows.stop) if ended(row) <= now)
+        return array("q", itertools.chain(range(rows.start, cut), tail))
 
     def _compute(
         self, lo: int | None, hi: int | None, prefix: str, now: int | None
@@ -222,12 +224,12 @@ class AccountStore:
         if now is not None:
             last = min(last, bisect.bisect_right(self._keys, now))  # (set up by now)
         rows: Sequence[int]
-        if self._perm is None:
+        if now is not None:  # (live: filtered on setup_time, no permutation)
+            rows = self._served(range(first, max(first, last)), now)
+        elif self._perm is None:
             rows = range(first, max(first, last))
         else:
             rows = array("q", sorted(self._perm[first:last]))
-        if now is not None:
-            rows = self._served(rows, now)
         if prefix:
             rows = self._with_prefix(rows, prefix)
         extra = [
