@@ -333,6 +333,18 @@ def database_limit(
     return {"variant": "copy-cdr", "latency_seconds": 0.0, **_best(runs)}
 
 
+# The ratios between variants (the first-sync and re-sync targets among them), as (ratio,
+# numerator variant, denominator variant).
+PAIRED = (
+    ("copy_into_cdr_vs_speed_of_light", "copy-cdr", "sol"),
+    ("first_sync_vs_speed_of_light", "etl", "sol"),
+    ("first_sync_vs_naive_upsert", "etl", "naive"),
+    ("resync_vs_first_sync", "resync", "etl"),
+    ("lean_first_sync_vs_speed_of_light", LEAN, "sol"),
+    ("lean_first_sync_vs_first_sync", LEAN, "etl"),
+)
+
+
 def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
     """The targets' ratios, from each variant's best run (or, with ``median``, its median)."""
     key = "wall_seconds_median" if median else "wall_seconds"
@@ -347,30 +359,10 @@ def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
             found[f"{name}_vs_workers_x_page_size_over_latency"] = rate[name] / ideal
             if DB_LIMIT in rate:
                 found[f"{name}_vs_min_ideal_db_limit"] = rate[name] / min(ideal, rate[DB_LIMIT])
-    if "copy-cdr" in rate and "sol" in rate:
-        found["copy_into_cdr_vs_speed_of_light"] = rate["copy-cdr"] / rate["sol"]
-    if "etl" in rate and "sol" in rate:
-        found["first_sync_vs_speed_of_light"] = rate["etl"] / rate["sol"]
-    if "etl" in rate and "naive" in rate:
-        found["first_sync_vs_naive_upsert"] = rate["etl"] / rate["naive"]
-    if "etl" in rate and "resync" in rate:
-        found["resync_vs_first_sync"] = rate["resync"] / rate["etl"]
-    if LEAN in rate and "sol" in rate:
-        found["lean_first_sync_vs_speed_of_light"] = rate[LEAN] / rate["sol"]
-    if LEAN in rate and "etl" in rate:
-        found["lean_first_sync_vs_first_sync"] = rate[LEAN] / rate["etl"]
+    for ratio, top, bottom in PAIRED:
+        if top in rate and bottom in rate:
+            found[ratio] = rate[top] / rate[bottom]
     return found
-
-
-# The first-sync and re-sync targets, as (ratio, numerator variant, denominator variant).
-PAIRED = (
-    ("copy_into_cdr_vs_speed_of_light", "copy-cdr", "sol"),
-    ("first_sync_vs_speed_of_light", "etl", "sol"),
-    ("first_sync_vs_naive_upsert", "etl", "naive"),
-    ("resync_vs_first_sync", "resync", "etl"),
-    ("lean_first_sync_vs_speed_of_light", "etl-lean", "sol"),
-    ("lean_first_sync_vs_first_sync", "etl-lean", "etl"),
-)
 
 
 def round_ratios(results: dict[str, Any]) -> dict[str, list[float]]:
