@@ -37,6 +37,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tcxc"))
 
 TEMPLATE = "tcxc_test_template"
 SIM_END = datetime(2026, 10, 1)  # naive, API zone (UTC)
+
+
+class FakeClock:
+    """A clock a test moves by hand (Unix seconds; a naive ``moment`` is read as UTC)."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.now = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 _counter = itertools.count()
 
 

@@ -16,7 +16,7 @@ from etl.config import Settings
 from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, plan_deep, plan_incremental, run_pass
 from etl.simulator import Fault, Simulator, SimulatorConfig
-from tests.conftest import SIM_END, make_job, make_settings, table_rows
+from tests.conftest import SIM_END, FakeClock, make_job, make_settings, table_rows
 
 NOW = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)  # settle lag 10 min: passes end at 2026-10-01
 START = datetime(2026, 9, 21, tzinfo=UTC)
@@ -203,18 +203,15 @@ def test_incremental_passes_follow_a_live_api(engine: Engine) -> None:
     )
     # The first pass runs 650 s after that call was set up: it is going, and older than the lag.
     now = datetime.fromisoformat(talking["setup_time"]).replace(tzinfo=UTC) + timedelta(seconds=650)
-    clock = {"now": now}
-
-    def unix_now() -> float:
-        return clock["now"].timestamp()
-
-    live = SimulatorConfig(accounts=accounts, cdrs=2000, days=10, live=True, clock=unix_now)
+    clock = FakeClock(now)
+    live = SimulatorConfig(accounts=accounts, cdrs=2000, days=10, live=True, clock=clock)
     with Simulator(live) as sim:
         settings = _settings(sim)
         for step in (0, 2):  # a pass now, another two hours later
-            clock["now"] = now + timedelta(hours=step)
-            assert run_pass(engine, make_job(settings), INCREMENTAL, clock["now"]).ok
-            cut = (clock["now"] - settings.settle_lag).strftime("%Y-%m-%d %H:%M:%S")
+            moment = now + timedelta(hours=step)
+            clock.now = moment.timestamp()
+            assert run_pass(engine, make_job(settings), INCREMENTAL, moment).ok
+            cut = (moment - settings.settle_lag).strftime("%Y-%m-%d %H:%M:%S")
             served = {int(r["i_cdr"]) for r in sim.records("buyer1") if r["setup_time"] <= cut}
             assert _ids(engine) == served
             assert (int(talking["i_cdr"]) in served) == (step == 2)

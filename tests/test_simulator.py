@@ -17,6 +17,7 @@ import requests
 
 from etl.signing import compute_signature
 from etl.simulator import FAULT_KINDS, Fault, Simulator, SimulatorConfig
+from tests.conftest import FakeClock
 
 START = datetime(2024, 3, 1)
 END = datetime(2024, 3, 8)
@@ -371,16 +372,6 @@ def test_a_day_is_the_same_whatever_range_holds_it() -> None:
     assert shared(first) == shared(later) and len(shared(first)) > 500
     ids = [int(r["i_cdr"]) for r in later]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)  # i_cdr grows with setup time
-
-
-class FakeClock:
-    """A clock a test moves by hand."""
-
-    def __init__(self, moment: datetime) -> None:
-        self.now = moment.replace(tzinfo=UTC).timestamp()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ended_by(records: list[dict[str, Any]], moment: float) -> list[dict[str, Any]]:
