@@ -1,4 +1,5 @@
-"""Processes: concurrent syncs, the daemon and its signals, killed backfills, status, metrics."""
+"""Processes: concurrent syncs, the daemon and its signals, killed backfills, status, metrics;
+the daemon's scheduled jobs."""
 
 from __future__ import annotations
 
@@ -6,16 +7,30 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
 import requests
+from prometheus_client import generate_latest
+from sqlalchemy import Engine
 
+from etl.cli.sync import daemon_passes
+from etl.metrics import Metrics
+from etl.passes import DEEP, INCREMENTAL
+from etl.scheduler import build_scheduler
 from etl.simulator import Simulator, SimulatorConfig
-from tests.conftest import free_port, run_cli, sim_env, start_cli
+from tests.conftest import (
+    free_port,
+    make_job,
+    make_settings,
+    run_cli,
+    sim_env,
+    start_cli,
+    table_rows,
+)
 
 # This file's CLI settings, on top of sim_env's.
 DAEMON_ENV = {"TCXC_START_DATE": "2026-09-21", "TCXC_WINDOW": "1d"}
@@ -201,3 +216,35 @@ def test_a_daemon_pass_is_counted_in_metrics_without_an_error(
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "raised an exception" not in err, err
+
+
+def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> None:
+    """The daemon's cron job (TCXC_DEEP_CRON) runs a deep pass: it fires when the expression
+    says, re-syncs beyond the incremental lookback (a re-rate only it finds) and is counted as
+    kind deep-sync. Its callable is run here as the scheduler runs it: a cron fires on minute
+    boundaries at best, too slow for the suite; the daemon process tests cover the rest."""
+    settings = make_settings(
+        sim,
+        start_date=datetime(2026, 9, 21),
+        window=timedelta(days=5),
+        deep_lookback=timedelta(days=400),  # the simulator's calls are weeks old
+        deep_sync_cron="17 3 * * *",
+    )
+    metrics = Metrics()
+    scheduler = build_scheduler(settings, *daemon_passes(engine, [make_job(settings)], metrics))
+    incremental, deep = scheduler.get_job("incremental"), scheduler.get_job("deep")
+    after = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    assert deep.trigger.get_next_fire_time(None, after) == datetime(2026, 12, 1, 3, 17, tzinfo=UTC)
+
+    incremental.func()
+    rerated = sim.records("buyer1")[len(sim.records("buyer1")) // 2]
+    sim.rerate("buyer1", rerated["i_cdr"], "7.777777")
+    amount = f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {rerated['i_cdr']}"
+    incremental.func()
+    assert table_rows(engine, amount) != [("7.777777",)]
+    deep.func()
+    assert table_rows(engine, amount) == [("7.777777",)]
+
+    text = generate_latest(metrics.registry).decode()
+    assert f'tcxc_runs_total{{kind="{INCREMENTAL}",status="succeeded"}} 2.0' in text, text
+    assert f'tcxc_runs_total{{kind="{DEEP}",status="succeeded"}} 1.0' in text, text

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -21,6 +21,9 @@ from etl.passes import DEEP, INCREMENTAL, PassResult, run_all
 from etl.progress import WindowProgress
 from etl.status import account_status, format_status
 from etl.windows import Coverage, plan_windows
+
+if TYPE_CHECKING:
+    from etl.metrics import Metrics
 
 log = logging.getLogger("etl")
 
@@ -160,6 +163,28 @@ def sync(app: AppContext, deep: bool) -> None:
         )
 
 
+def daemon_passes(
+    engine: Engine, jobs: list[pipeline.Job], metrics: Metrics
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The daemon's two scheduled jobs (incremental, deep): a pass over every account, each
+    account's outcome counted in ``tcxc_runs_total`` by kind and status."""
+
+    def recorder(kind: str) -> Callable[[PassResult], None]:
+        def record(result: PassResult) -> None:
+            if result.summary is not None:
+                metrics.runs.labels(kind, result.summary.status).inc()
+
+        return record
+
+    def incremental() -> None:
+        run_all(engine, jobs, INCREMENTAL, on_result=recorder(INCREMENTAL))
+
+    def deep() -> None:
+        run_all(engine, jobs, DEEP, on_result=recorder(DEEP))
+
+    return incremental, deep
+
+
 @cli.command()
 @click.pass_obj
 def daemon(app: AppContext) -> None:
@@ -171,23 +196,9 @@ def daemon(app: AppContext) -> None:
     metrics = Metrics()
     jobs = _jobs(app, metrics.observer)
     with database(settings) as engine:
-
-        def recorder(kind: str) -> Callable[[PassResult], None]:
-            def record(result: PassResult) -> None:
-                if result.summary is not None:
-                    metrics.runs.labels(kind, result.summary.status).inc()
-
-            return record
-
-        def incremental() -> None:
-            run_all(engine, jobs, INCREMENTAL, on_result=recorder(INCREMENTAL))
-
-        def deep() -> None:
-            run_all(engine, jobs, DEEP, on_result=recorder(DEEP))
-
         if settings.metrics_port:
             serve(metrics, settings.metrics_port, lambda: _statuses(engine, settings))
-        scheduler = build_scheduler(settings, incremental, deep)
+        scheduler = build_scheduler(settings, *daemon_passes(engine, jobs, metrics))
         clean = run_until_signalled(scheduler, app.stop, settings.stop_timeout.total_seconds())
     if not clean:
         raise EtlError(
