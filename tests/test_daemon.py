@@ -219,7 +219,7 @@ def test_a_daemon_pass_is_counted_in_metrics_without_an_error(
 
 
 def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> None:
-    """The daemon's cron job (TCXC_DEEP_CRON) runs a deep pass: it fires when the expression
+    """The daemon's cron job (TCXC_DEEP_SYNC_CRON) runs a deep pass: it fires when the expression
     says, re-syncs beyond the incremental lookback (a re-rate only it finds) and is counted as
     kind deep-sync. Its callable is run here as the scheduler runs it: a cron fires on minute
     boundaries at best, too slow for the suite; the daemon process tests cover the rest."""
