@@ -38,170 +38,31 @@ fails on a time.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import (
-    HERE,
-    ROOT,
-    create_database,
-    drop_database,
-    postgres,
-    result_payload,
-    write_results,
+from common import HERE, drop_database, postgres, result_payload, write_results
+from figures import DB_LIMIT, LEAN, ratios, report, round_ratios
+from runner import (
+    END,
+    KEY,
+    LOGIN,
+    SimulatorProcess,
+    best_of,
+    fresh_database,
+    make_template,
+    row_count,
+    run_variant,
+    write_counters,
 )
 
 from etl import db, payload
 from etl.config import parse_duration
 
-END = datetime(2026, 10, 1)  # naive, API zone (UTC): the simulated data ends here
-LOGIN, KEY = "bench", "bench-key"
-TEMPLATE = "bench_template"
-DB_LIMIT = "db-limit"  # the results' name of the database's own limit (--scaling)
-# etl-lean: tcxc-etl into a cdr without the two indexes that serve searches, not loads.
-LEAN = "etl-lean"
-LEAN_DROPS = ("DROP INDEX ix_cdr_cld", "DROP INDEX ix_cdr_customer_amount")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def make_template(server_url: str) -> None:
-    engine = db.make_engine(create_database(server_url, TEMPLATE))
-    db.migrate(engine)
-    engine.dispose()
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    return create_database(server_url, name, template=TEMPLATE)
-
-
-def write_counters(url: str) -> dict[str, int]:
-    """The cdr table's insert/update/delete counters (our own session closes first)."""
-    with psycopg.connect(db.libpq_url(url), autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute(
-            "SELECT n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd FROM pg_stat_user_tables"
-            " WHERE relname = 'cdr'"
-        ).fetchone()
-    assert row is not None
-    return dict(zip(("ins", "upd", "del", "hot_upd"), (int(v) for v in row), strict=True))
-
-
-def row_count(url: str, table: str) -> int:
-    with psycopg.connect(db.libpq_url(url)) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _proc_cpu(pid: int) -> tuple[int, float, float]:
-    """(parent pid, own CPU seconds, CPU seconds of reaped children) from /proc."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rfind(")") + 2 :].split()
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return int(fields[1]), (utime + stime) / TICKS, (cutime + cstime) / TICKS
-
-
-def postgres_cpu(data_dir: Path | None) -> float | None:
-    """CPU seconds of the embedded server: the postmaster, its live and its exited children."""
-    if data_dir is None:
-        return None
-    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    _ppid, own, reaped = _proc_cpu(postmaster)
-    total = own + reaped
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid, child_own, _ = _proc_cpu(int(entry.name))
-            except (OSError, ValueError):
-                continue
-            if ppid == postmaster:
-                total += child_own
-    return total
-
-
-class SimulatorProcess:
-    """``sim_server.py`` in a child process; ``stats()`` asks it for its own counters."""
-
-    def __init__(self, cdrs: int, days: int, latency: float, accounts: int = 1) -> None:
-        command = [
-            sys.executable,
-            str(HERE / "sim_server.py"),
-            f"--cdrs={cdrs}",
-            f"--days={days}",
-            f"--end={END.isoformat()}",
-            f"--latency={latency}",
-            f"--login={LOGIN}",
-            f"--key={KEY}",
-            f"--accounts={accounts}",
-        ]
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("URL "):
-            raise RuntimeError(f"the simulator did not start: {line!r}")
-        self.url = line.split()[1]
-
-    def stats(self) -> dict[str, float]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write("stats\n")
-        self.process.stdin.flush()
-        result: dict[str, float] = json.loads(self.process.stdout.readline())
-        return result
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-
-
-def run_variant(
-    name: str, variant: str, args: dict[str, Any], sim: SimulatorProcess, pg_dir: Path | None
-) -> dict[str, Any]:
-    """Run one variant in a child process; add the simulator's and PostgreSQL's CPU to it."""
-    load_before = os.getloadavg()[0]
-    sim_before, pg_before = sim.stats(), postgres_cpu(pg_dir)
-    completed = subprocess.run(
-        [sys.executable, str(HERE / "variants.py"), variant, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"variant {name} failed:\n{completed.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-    sim_after, pg_after = sim.stats(), postgres_cpu(pg_dir)
-    result["simulator_cpu_seconds"] = (
-        sim_after["process_cpu_seconds"] - sim_before["process_cpu_seconds"]
-    )
-    result["simulator_handler_cpu_seconds"] = sim_after["cpu_seconds"] - sim_before["cpu_seconds"]
-    result["simulator_requests"] = sim_after["requests"] - sim_before["requests"]
-    result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    if pg_before is not None and pg_after is not None:
-        result["postgres_cpu_seconds"] = pg_after - pg_before
-    return result
-
-
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    best = dict(min(runs, key=lambda run: run["wall_seconds"]))
-    if len(runs) > 1:
-        best["wall_seconds_all"] = [run["wall_seconds"] for run in runs]
-        best["wall_seconds_median"] = statistics.median(best["wall_seconds_all"])
-    return best
+LEAN_DROPS = ("DROP INDEX ix_cdr_cld", "DROP INDEX ix_cdr_customer_amount")  # etl-lean's cdr
 
 
 def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None) -> dict[str, Any]:
@@ -254,7 +115,7 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
                     counters.append({"before": before, "after": write_counters(url)})
                     runs.setdefault("resync", []).append(resync)
                 drop_database(server_url, name)
-        results = {variant: _best(variant_runs) for variant, variant_runs in runs.items()}
+        results = {variant: best_of(variant_runs) for variant, variant_runs in runs.items()}
         if counters:
             results["resync"]["cdr_write_counters"] = counters[-1]
             results["resync"]["cdr_write_counters_every_round"] = counters
@@ -330,123 +191,7 @@ def database_limit(
             drop_database(server_url, "bench_db_limit")
     finally:
         sim.stop()
-    return {"variant": "copy-cdr", "latency_seconds": 0.0, **_best(runs)}
-
-
-# The ratios between variants (the first-sync and re-sync targets among them), as (ratio,
-# numerator variant, denominator variant).
-PAIRED = (
-    ("copy_into_cdr_vs_speed_of_light", "copy-cdr", "sol"),
-    ("first_sync_vs_speed_of_light", "etl", "sol"),
-    ("first_sync_vs_naive_upsert", "etl", "naive"),
-    ("resync_vs_first_sync", "resync", "etl"),
-    ("lean_first_sync_vs_speed_of_light", LEAN, "sol"),
-    ("lean_first_sync_vs_first_sync", LEAN, "etl"),
-)
-
-
-def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
-    """The targets' ratios, from each variant's best run (or, with ``median``, its median)."""
-    key = "wall_seconds_median" if median else "wall_seconds"
-    rate = {
-        name: result["rows_loaded"] / result.get(key, result["wall_seconds"])
-        for name, result in results.items()
-    }
-    found: dict[str, float] = {}
-    for name, result in results.items():
-        if "ideal_rows_per_second" in result:
-            ideal = result["ideal_rows_per_second"]
-            found[f"{name}_vs_workers_x_page_size_over_latency"] = rate[name] / ideal
-            if DB_LIMIT in rate:
-                found[f"{name}_vs_min_ideal_db_limit"] = rate[name] / min(ideal, rate[DB_LIMIT])
-    for ratio, top, bottom in PAIRED:
-        if top in rate and bottom in rate:
-            found[ratio] = rate[top] / rate[bottom]
-    return found
-
-
-def round_ratios(results: dict[str, Any]) -> dict[str, list[float]]:
-    """Each ratio of PAIRED within every round (the two variants ran minutes apart at most,
-    under the same load): steadier than best against best when the machine's speed drifts
-    between rounds."""
-    found: dict[str, list[float]] = {}
-    for name, top, bottom in PAIRED:
-        if top in results and bottom in results and "wall_seconds_all" in results[top]:
-            pairs = zip(
-                results[top]["wall_seconds_all"], results[bottom]["wall_seconds_all"], strict=True
-            )
-            rows = results[top]["rows_loaded"], results[bottom]["rows_loaded"]
-            found[name] = [(rows[0] / top_wall) / (rows[1] / wall) for top_wall, wall in pairs]
-    return found
-
-
-def report(payload: dict[str, Any]) -> None:
-    results = payload["results"]
-    print()
-    width = max(9, *(len(name) for name in results))
-    header = (
-        f"{'variant':<{width}} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'own cpu':>8} "
-        f"{'sim cpu':>8} {'pg cpu':>7} {'peak RSS':>9} {'load avg':>11}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name, r in results.items():
-        pg = r.get("postgres_cpu_seconds")
-        load = "{:.1f}->{:.1f}".format(*r["load_average_1m"])
-        print(
-            f"{name:<{width}} {r['rows_loaded']:>9,} {r['wall_seconds']:>7.2f} "
-            f"{r['rows_per_second']:>8,.0f} {r['cpu_seconds']:>8.2f} "
-            f"{r['simulator_cpu_seconds']:>8.2f} {'-' if pg is None else f'{pg:.2f}':>7} "
-            f"{r['peak_rss_mb']:>6.0f} MB {load:>11}"
-        )
-    if "resync" in results:
-        counters = results["resync"]["cdr_write_counters"]
-        print(
-            f"\ncdr write counters around the re-sync: {counters['before']} -> {counters['after']}"
-        )
-    paths = {r["load_path"] for r in results.values() if "load_path" in r}
-    for path in sorted(paths):
-        print(f"tcxc-etl load path run: {path}")
-    found, medians = payload["ratios"], payload.get("ratios_of_medians", {})
-
-    def ratio(name: str) -> str:
-        return f"{found[name]:.2f}" + (
-            f" (medians: {medians[name]:.2f})" if name in medians else ""
-        )
-
-    shown: set[str] = set()
-    scaling = {name: r for name, r in results.items() if "ideal_rows_per_second" in r}
-    if scaling:
-        print(
-            f"\nscaling under {payload['settings']['latency']}s latency, target: rows/s at least"
-            " 0.8 x min(concurrent fetches x page size / latency, db limit):"
-        )
-    for name, r in scaling.items():
-        ideal, limited = (
-            f"{name}_vs_workers_x_page_size_over_latency",
-            f"{name}_vs_min_ideal_db_limit",
-        )
-        line = (
-            f"{name}: {r['rows_per_second']:,.0f} rows/s = {ratio(ideal)} x ideal"
-            f" {r['ideal_rows_per_second']:,.0f}"
-        )
-        if limited in found:
-            line += (
-                f", {ratio(limited)} x min(ideal, db limit {r['db_limit_rows_per_second']:,.0f})"
-            )
-        print(line)
-        shown.update((ideal, limited))
-    per_round = payload.get("ratios_per_round", {})
-    for name in found:
-        if name not in shown:
-            rounds = per_round.get(name)
-            paired = (
-                f"; per round: {', '.join(f'{x:.2f}' for x in rounds)},"
-                f" median {statistics.median(rounds):.2f}"
-                if rounds
-                else ""
-            )
-            print(f"{name}: {ratio(name)}{paired}")
+    return {"variant": "copy-cdr", "latency_seconds": 0.0, **best_of(runs)}
 
 
 def parse_args() -> argparse.Namespace:
