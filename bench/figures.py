@@ -9,6 +9,7 @@ from typing import Any
 DB_LIMIT = "db-limit"  # the results' name of the database's own limit (--scaling)
 # etl-lean: tcxc-etl into a cdr without the two indexes that serve searches, not loads.
 LEAN = "etl-lean"
+HALVES = "etl-halves"  # an experiment: two processes, each syncing half of the range
 
 
 # The ratios between variants (the first-sync and re-sync targets among them), as (ratio,
@@ -20,6 +21,8 @@ PAIRED = (
     ("resync_vs_first_sync", "resync", "etl"),
     ("lean_first_sync_vs_speed_of_light", LEAN, "sol"),
     ("lean_first_sync_vs_first_sync", LEAN, "etl"),
+    ("halves_first_sync_vs_speed_of_light", HALVES, "sol"),
+    ("halves_first_sync_vs_first_sync", HALVES, "etl"),
 )
 
 

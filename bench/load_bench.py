@@ -1,7 +1,7 @@
 """Load-path benchmark: tcxc-etl against its own baselines, in one run on the same data.
 
     python bench/load_bench.py [--cdrs 200000] [--days 30] [--page-size 1000] [--window 1d]
-        [--window-rows N] [--variants sol,copy-cdr,naive,etl[,etl-lean]] [--workers N]
+        [--window-rows N] [--variants sol,copy-cdr,naive,etl[,etl-lean,etl-halves]] [--workers N]
         [--raw-payload compact|full|extra] [--repeat 5] [--single-window] [--latency 0]
         [--scaling 1,2,4] [--account-scaling 2,4] [--output FILE]
 
@@ -17,7 +17,9 @@ fresh database:
 - ``etl``: tcxc-etl's first sync of the range (``etl.pipeline.backfill``), then ``resync``:
   the same range again, with the ``cdr`` table's write counters read around it;
 - ``etl-lean``: the same first sync into a ``cdr`` without its two search indexes
-  (``LEAN_DROPS``): what they cost a load (README, "Where the time goes"). Not a default.
+  (``LEAN_DROPS``): what they cost a load (README, "Where the time goes"). Not a default;
+- ``etl-halves``: an experiment (not a default): two first syncs at once, each in its own
+  process over half of the range with one fetch slot (``variants.py``).
 
 It prints rows/s, CPU seconds of the variant, of the simulator and of PostgreSQL, peak RSS,
 the load average around each run (other work on the machine), the write counters and the
@@ -215,8 +217,8 @@ def parse_args() -> argparse.Namespace:
         "--variants",
         default="sol,copy-cdr,naive,etl",
         type=_names,
-        help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync), etl-lean;"
-        " '' for none",
+        help="comma-separated: sol, copy-cdr, naive, etl (etl includes the re-sync), etl-lean,"
+        " etl-halves; '' for none",
     )
     parser.add_argument("--workers", type=int, default=0, help="TCXC_WORKERS (0: its default)")
     parser.add_argument("--raw-payload", choices=payload.MODES, default=payload.COMPACT)

@@ -9,6 +9,9 @@ database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. 
 - ``naive``: normalise each record to typed values, then a per-page SQLAlchemy executemany of
   ``INSERT ... ON CONFLICT (i_cdr) DO UPDATE`` into ``cdr``;
 - ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike;
+- ``etl-halves``: an experiment, not something tcxc-etl does by itself: two ``etl`` first
+  syncs at once, each in its own process over half of the range with one fetch slot: what
+  the load reaches when two interpreters share it (README, "Where the time goes");
 - ``etl-accounts``: tcxc-etl's multi-account path: one incremental pass
   (``etl.passes.run_all``) over every account of the simulator (``accounts`` in the args, see
   ``common.simulator_accounts``), all at once, ``workers`` (default 1) fetch slots each.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -184,6 +188,32 @@ def tcxc_etl(args: dict[str, Any]) -> int:
     return summary.counts.rows_fetched
 
 
+def tcxc_etl_halves(args: dict[str, Any]) -> int:
+    """Two ``etl`` first syncs at once in two processes, over the two halves of the range
+    (split on the window grid), one fetch slot each; their CPU and peak RSS are reported as
+    the children's."""
+    start, end = _range(args)
+    step = timedelta(seconds=args["window_seconds"])
+    middle = start + step * (len(_windows(args)) // 2)
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "etl", json.dumps({**args, **part, "workers": 1})],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for part in (
+            {"start": start.isoformat(), "end": middle.isoformat()},
+            {"start": middle.isoformat(), "end": end.isoformat()},
+        )
+    ]
+    results = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    if any(child.returncode for child in children):
+        raise SystemExit("a half failed")
+    INFO["load_path"] = "two processes of etl.window_sync.load_window"
+    INFO["peak_rss_mb_each"] = [result["peak_rss_mb"] for result in results]
+    return sum(int(result["rows_fetched"]) for result in results)
+
+
 def etl_accounts(args: dict[str, Any]) -> int:
     """tcxc-etl's multi-account path: one incremental pass over every account of the simulator,
     all of them at once (TCXC_PARALLEL_ACCOUNTS = their number), from TCXC_START_DATE = the
@@ -218,28 +248,35 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], int]] = {
     "copy-cdr": copy_into_cdr,
     "naive": naive_upsert,
     "etl": tcxc_etl,
+    "etl-halves": tcxc_etl_halves,
     "etl-accounts": etl_accounts,
 }
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """The peak RSS of this process (or of the largest of its waited-for children)."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def _cpu_seconds() -> float:
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
     variant, args = sys.argv[1], json.loads(sys.argv[2])
     rss_at_start = _peak_rss_mb()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_before = usage.ru_utime + usage.ru_stime
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     fetched = VARIANTS[variant](args)
     wall = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "wall_seconds": wall,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
+        "cpu_seconds": _cpu_seconds() - cpu_before,  # its child processes' included
         "rows_fetched": fetched,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": max(_peak_rss_mb(), _peak_rss_mb(resource.RUSAGE_CHILDREN)),
         "rss_after_imports_mb": rss_at_start,
         **INFO,
     }
