@@ -12,7 +12,7 @@ import pytest
 
 from etl.cli import cli
 from etl.client import ApiClient
-from etl.errors import ApiError
+from etl.errors import ApiError, AuthError
 from etl.simulator import Simulator
 from tests.conftest import ROOT, free_port, run_cli, sim_env, start_cli
 
@@ -250,3 +250,36 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
             "SELECT count(*), count(*) FILTER (WHERE raw = '{}') FROM cdr"
         ).fetchone()
     assert row is not None and row[0] > 0 and row[1] > 0
+
+
+def test_simulator_serves_several_accounts() -> None:
+    """`simulate --account LOGIN:KEY` adds a login with calls of its own; each login's key signs
+    only its own requests. A malformed --account stops with one line that echoes no key."""
+    port = free_port()
+    proc = start_cli(
+        "simulate", "--port", str(port), "--cdrs", "500", "--days", "2", "--account", "b2:key-b2"
+    )
+    url = f"http://127.0.0.1:{port}/buyers/callhistory"
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    window = {"date_from": f"{today - timedelta(days=2):%Y-%m-%d} 00:00:00", "off": "0"}
+    window.update(date_to=f"{today:%Y-%m-%d} 00:00:00", pager="1000")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = ApiClient(url, "demo", "demo-key").fetch_page(window).records
+                break
+            except ApiError:  # not listening yet
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+                time.sleep(0.2)
+        second = ApiClient(url, "b2", "key-b2").fetch_page(window).records
+        assert len(first) == len(second) == 500
+        assert not {r["i_cdr"] for r in first} & {r["i_cdr"] for r in second}
+        with pytest.raises(AuthError):
+            ApiClient(url, "b2", "demo-key").fetch_page(window)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    bad = run_cli("simulate", "--port", "0", "--account", "just-a-secret-key")
+    assert bad.returncode == 2 and "--account" in bad.stderr, bad.stderr
+    assert "just-a-secret-key" not in bad.stderr + bad.stdout

@@ -36,6 +36,21 @@ def _simulator_config(**options: Any) -> Any:
         raise UsageError(str(exc)) from None
 
 
+def _accounts(specs: tuple[str, ...], first: str) -> dict[str, str]:
+    """``--account LOGIN:KEY`` values as {login: key}; UsageError naming the bad one."""
+    accounts: dict[str, str] = {}
+    for spec in specs:
+        name, colon, secret = spec.partition(":")
+        if not colon:  # not echoed: the value may be a key given alone
+            raise UsageError("--account expects LOGIN:KEY; a value has no ':'")
+        if not name.strip() or not secret:
+            raise UsageError(f"--account {name.strip() or '?'}: expected LOGIN:KEY, both non-empty")
+        if name in accounts or name == first:
+            raise UsageError(f"--account {name}: the login is given twice")
+        accounts[name] = secret
+    return accounts
+
+
 @cli.command()
 @click.option("--port", default=8089, show_default=True, help="Port on 127.0.0.1 (0 = any).")
 @click.option("--cdrs", default=10_000, show_default=True, help="CDRs per account.")
@@ -43,6 +58,13 @@ def _simulator_config(**options: Any) -> Any:
 @click.option("--days", default=30, show_default=True, help="Days of history, ending today.")
 @click.option("--login", default="demo", show_default=True, help="Buyer login it accepts.")
 @click.option("--key", default="demo-key", show_default=True, help="API key it accepts.")
+@click.option(
+    "--account",
+    "more_accounts",
+    multiple=True,
+    metavar="LOGIN:KEY",
+    help="Another buyer login and its key, with calls of its own (repeatable).",
+)
 @click.option("--max-page-size", type=int, default=None, help="Cap rows per page silently.")
 @click.option("--order", type=click.Choice(["asc", "desc", "shuffled", "ties"]), default="asc")
 @click.option(
@@ -65,6 +87,7 @@ def simulate(
     days: int,
     login: str,
     key: str,
+    more_accounts: tuple[str, ...],
     max_page_size: int | None,
     order: str,
     latency: float,
@@ -75,8 +98,9 @@ def simulate(
     """Run the TCXC-compatible API simulator on 127.0.0.1 until interrupted."""
     from etl.simulator import Simulator
 
+    accounts = {login: key, **_accounts(more_accounts, login)}
     config = _simulator_config(
-        accounts={login: key},
+        accounts=accounts,
         cdrs=cdrs,
         seed=seed,
         days=days,
@@ -90,7 +114,8 @@ def simulate(
     sim = Simulator(config)
     if fault_rate:
         sim.set_fault_rate(fault_rate, ["429", "500", "503", "truncated", "html"], seed=seed)
-    click.echo(f"TCXC simulator listening on {sim.url} (login {login!r}); Ctrl-C stops it")
+    logins = ", ".join(repr(name) for name in accounts)
+    click.echo(f"TCXC simulator listening on {sim.url} (logins {logins}); Ctrl-C stops it")
     if live:
         click.echo(f"  live: {cdrs:,} calls every {days} days, each served once it has ended")
     click.echo(f"  TCXC_API_URL={sim.url} TCXC_API_LOGIN={login} TCXC_API_KEY=<the --key value>")
