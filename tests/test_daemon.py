@@ -237,7 +237,8 @@ def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> N
     assert deep.trigger.get_next_fire_time(None, after) == datetime(2026, 12, 1, 3, 17, tzinfo=UTC)
 
     incremental.func()
-    rerated = sim.records("buyer1")[len(sim.records("buyer1")) // 2]
+    records = sim.records("buyer1")
+    rerated = records[len(records) // 2]
     sim.rerate("buyer1", rerated["i_cdr"], "7.777777")
     amount = f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {rerated['i_cdr']}"
     incremental.func()

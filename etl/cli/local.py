@@ -41,10 +41,11 @@ def _accounts(specs: tuple[str, ...], first: str) -> dict[str, str]:
     accounts: dict[str, str] = {}
     for spec in specs:
         name, colon, secret = spec.partition(":")
+        name = name.strip()
         if not colon:  # not echoed: the value may be a key given alone
             raise UsageError("--account expects LOGIN:KEY; a value has no ':'")
-        if not name.strip() or not secret:
-            raise UsageError(f"--account {name.strip() or '?'}: expected LOGIN:KEY, both non-empty")
+        if not name or not secret:
+            raise UsageError(f"--account {name or '?'}: expected LOGIN:KEY, both non-empty")
         if name in accounts or name == first:
             raise UsageError(f"--account {name}: the login is given twice")
         accounts[name] = secret
