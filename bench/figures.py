@@ -12,6 +12,13 @@ LEAN = "etl-lean"
 HALVES = "etl-halves"  # an experiment: two processes, each syncing half of the range
 
 
+def own_limit(scaling: str) -> str:
+    """The results' name of a scaling run's own sync with no latency (its load path's limit
+    on this machine): ``etl-4w`` -> ``own-limit-4w``, ``etl-2accounts`` ->
+    ``own-limit-2accounts``."""
+    return "own-limit" + scaling.removeprefix("etl")
+
+
 # The ratios between variants (the first-sync and re-sync targets among them), as (ratio,
 # numerator variant, denominator variant).
 PAIRED = (
@@ -40,6 +47,10 @@ def ratios(results: dict[str, Any], median: bool = False) -> dict[str, float]:
             found[f"{name}_vs_workers_x_page_size_over_latency"] = rate[name] / ideal
             if DB_LIMIT in rate:
                 found[f"{name}_vs_min_ideal_db_limit"] = rate[name] / min(ideal, rate[DB_LIMIT])
+            if own_limit(name) in rate:
+                found[f"{name}_vs_min_ideal_own_limit"] = rate[name] / min(
+                    ideal, rate[own_limit(name)]
+                )
     for ratio, top, bottom in PAIRED:
         if top in rate and bottom in rate:
             found[ratio] = rate[top] / rate[bottom]
@@ -103,9 +114,10 @@ def report(payload: dict[str, Any]) -> None:
             " 0.8 x min(concurrent fetches x page size / latency, db limit):"
         )
     for name, r in scaling.items():
-        ideal, limited = (
+        ideal, limited, own = (
             f"{name}_vs_workers_x_page_size_over_latency",
             f"{name}_vs_min_ideal_db_limit",
+            f"{name}_vs_min_ideal_own_limit",
         )
         line = (
             f"{name}: {r['rows_per_second']:,.0f} rows/s = {ratio(ideal)} x ideal"
@@ -115,8 +127,13 @@ def report(payload: dict[str, Any]) -> None:
             line += (
                 f", {ratio(limited)} x min(ideal, db limit {r['db_limit_rows_per_second']:,.0f})"
             )
+        if own in found:
+            line += (
+                f", {ratio(own)} x min(ideal, own load path's limit"
+                f" {r['own_limit_rows_per_second']:,.0f})"
+            )
         print(line)
-        shown.update((ideal, limited))
+        shown.update((ideal, limited, own))
     per_round = payload.get("ratios_per_round", {})
     for name in found:
         if name not in shown:

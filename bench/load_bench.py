@@ -31,7 +31,10 @@ no latency, best of ``--repeat`` runs): the target is at least 0.8 of it.
 ``--account-scaling 2,4`` (with ``--latency``) does the same across accounts: for each N, a
 simulator serving N accounts (``--cdrs`` split evenly between them) and one incremental pass
 over all of them at once (``etl-accounts``: ``etl.passes.run_all``, one worker per account),
-compared with N x page size / latency and with the database's limit. Figures are ratios
+compared with N x page size / latency and with the database's limit. Each scaling run is
+also compared with its own load path's limit (``own-limit-...``: the same sync, same workers
+or accounts, from a simulator with no latency, best of ``--repeat`` runs): what the loading
+side absorbs on this machine when fetching costs no wait. Figures are ratios
 within one run, best and median of ``--repeat`` rounds (each round runs every variant once,
 so all meet the same machine load); this is a benchmark, not a test: it reports, it never
 fails on a time.
@@ -47,7 +50,7 @@ from typing import Any
 
 import psycopg
 from common import HERE, drop_database, postgres, result_payload, write_results
-from figures import DB_LIMIT, LEAN, ratios, report, round_ratios
+from figures import DB_LIMIT, LEAN, own_limit, ratios, report, round_ratios
 from runner import (
     END,
     KEY,
@@ -121,8 +124,6 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
         if counters:
             results["resync"]["cdr_write_counters"] = counters[-1]
             results["resync"]["cdr_write_counters_every_round"] = counters
-        if options.scaling or options.account_scaling:
-            results[DB_LIMIT] = database_limit(options, base_args, server_url, pg_dir)
         for workers in options.scaling:
             args = {**base_args, "workers": workers}
             label = f"etl with {workers} worker(s)"
@@ -131,24 +132,41 @@ def benchmark(options: argparse.Namespace, server_url: str, pg_dir: Path | None)
             )
     finally:
         sim.stop()
+    if options.scaling or options.account_scaling:
+        limits = [("copy-cdr", DB_LIMIT, {})] + [
+            ("etl", own_limit(f"etl-{w}w"), {"workers": w}) for w in options.scaling
+        ]
+        results.update(zero_latency_runs(options, base_args, limits, 1, server_url, pg_dir))
     for accounts in options.account_scaling:
+        args = {**base_args, "accounts": accounts, "workers": 1}
+        limits = [("etl-accounts", own_limit(f"etl-{accounts}accounts"), {})]
+        results.update(zero_latency_runs(options, args, limits, accounts, server_url, pg_dir))
         print(f"generating {options.cdrs:,} simulated CDRs for {accounts} accounts ...", flush=True)
         sim = SimulatorProcess(options.cdrs, options.days, options.latency, accounts)
         try:
-            args = {**base_args, "sim_url": sim.url, "accounts": accounts, "workers": 1}
             label = f"etl-accounts: {accounts} accounts, 1 worker each"
             run = scaling_run(
-                label, "etl-accounts", args, accounts, options, sim, server_url, pg_dir
+                label,
+                "etl-accounts",
+                {**args, "sim_url": sim.url},
+                accounts,
+                options,
+                sim,
+                server_url,
+                pg_dir,
             )
         finally:
             sim.stop()
         results[f"etl-{accounts}accounts"] = run
     for result in results.values():
         result["rows_per_second"] = result["rows_loaded"] / result["wall_seconds"]
-    if DB_LIMIT in results:
-        for result in results.values():
-            if "ideal_rows_per_second" in result:
+    for name, result in results.items():
+        if "ideal_rows_per_second" in result:
+            if DB_LIMIT in results:
                 result["db_limit_rows_per_second"] = results[DB_LIMIT]["rows_per_second"]
+            own = results.get(own_limit(name))
+            if own is not None:
+                result["own_limit_rows_per_second"] = own["rows_per_second"]
     return results
 
 
@@ -174,26 +192,40 @@ def scaling_run(
     return run
 
 
-def database_limit(
-    options: argparse.Namespace, base_args: dict[str, Any], server_url: str, pg_dir: Path | None
+def zero_latency_runs(
+    options: argparse.Namespace,
+    base_args: dict[str, Any],
+    runs: list[tuple[str, str, dict[str, Any]]],
+    accounts: int,
+    server_url: str,
+    pg_dir: Path | None,
 ) -> dict[str, Any]:
-    """The database's own limit for the scaling target: ``copy-cdr`` (COPY as received into
-    ``cdr``) from a second simulator with no latency, best of ``--repeat`` runs."""
-    print(f"generating {options.cdrs:,} simulated CDRs again, with no latency ...", flush=True)
-    sim = SimulatorProcess(options.cdrs, options.days, 0.0)
-    runs = []
+    """The limits the scaling target is read against, from a simulator with no latency
+    (serving ``accounts`` accounts), best of ``--repeat`` runs each: ``db-limit`` (copy-cdr:
+    COPY as received into ``cdr``: the database's own limit) and ``own-limit-...`` (the same
+    tcxc-etl sync as a scaling run: its load path's limit on this machine). ``runs`` holds
+    (variant, result name, args added to ``base_args``)."""
+    print(
+        f"generating {options.cdrs:,} simulated CDRs ({accounts} account(s)) with no latency ...",
+        flush=True,
+    )
+    sim = SimulatorProcess(options.cdrs, options.days, 0.0, accounts)
+    found: dict[str, Any] = {}
     try:
-        for attempt in range(options.repeat):
-            url = fresh_database(server_url, "bench_db_limit")
-            args = {**base_args, "db_url": db.libpq_url(url), "sim_url": sim.url}
-            print(f"  {DB_LIMIT}: copy-cdr, no latency (round {attempt + 1}) ...", flush=True)
-            run = run_variant(DB_LIMIT, "copy-cdr", args, sim, pg_dir)
-            run["rows_loaded"] = row_count(url, "cdr")
-            runs.append(run)
-            drop_database(server_url, "bench_db_limit")
+        for variant, name, extra in runs:
+            attempts = []
+            for attempt in range(options.repeat):
+                url = fresh_database(server_url, "bench_limit")
+                args = {**base_args, **extra, "db_url": db.libpq_url(url), "sim_url": sim.url}
+                print(f"  {name}: {variant}, no latency (round {attempt + 1}) ...", flush=True)
+                run = run_variant(name, variant, args, sim, pg_dir)
+                run["rows_loaded"] = row_count(url, "cdr")
+                attempts.append(run)
+                drop_database(server_url, "bench_limit")
+            found[name] = {"variant": variant, "latency_seconds": 0.0, **best_of(attempts)}
     finally:
         sim.stop()
-    return {"variant": "copy-cdr", "latency_seconds": 0.0, **best_of(runs)}
+    return found
 
 
 def parse_args() -> argparse.Namespace:
