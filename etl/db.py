@@ -8,7 +8,7 @@ planning) never do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,24 +95,34 @@ def alembic_config() -> Config:
     return cfg
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` (``alembic upgrade``)."""
-    with database_errors("migration"), engine.begin() as connection:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = connection
-        from alembic import command
+# Migrations hold this transaction-level advisory lock (the two-int form, beside the rollup's
+# locks of etl.reporting): a second process migrating at once waits, then finds the schema
+# at the revision it wanted instead of failing on the tables the first one is creating.
+MIGRATION_LOCK = (0x7C0C, -2)
 
-        command.upgrade(cfg, revision)
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (``alembic upgrade``), one process at a time."""
+    from alembic import command
+
+    _alembic(engine, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    """Downgrade the database to ``revision`` (``alembic downgrade``)."""
+    """Downgrade the database to ``revision`` (``alembic downgrade``), one process at a time."""
+    from alembic import command
+
+    _alembic(engine, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _alembic(engine: Engine, step: Callable[[Config], None]) -> None:
+    """Run an alembic command in one transaction holding MIGRATION_LOCK."""
     with database_errors("migration"), engine.begin() as connection:
+        lock = {"key": MIGRATION_LOCK[0], "number": MIGRATION_LOCK[1]}
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key, :number)"), lock)
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
-        from alembic import command
-
-        command.downgrade(cfg, revision)
+        step(cfg)
 
 
 # The schema revision this code needs (the head of migrations/versions). Commands check it
@@ -120,16 +130,19 @@ def downgrade(engine: Engine, revision: str) -> None:
 SCHEMA_REVISION = "0005"
 
 
-def check_schema(engine: Engine) -> None:
-    """Fail with what to do unless the database holds this version's schema."""
-    with database_errors("reading the schema version"), engine.connect() as conn:
-        present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-        versions = (
-            list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
-            if present.scalar_one()
-            else []
-        )
+def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
+    """Fail with what to do unless the database holds this version's schema. With ``upgrade``
+    (the embedded database, which is tcxc-etl's own) a missing or older schema is migrated."""
+    versions = _schema_versions(engine)
     if versions == [SCHEMA_REVISION]:
+        return
+    if upgrade and all(version < SCHEMA_REVISION for version in versions):
+        migrate(engine)
+        log.info(
+            "migrated the embedded database from %s to revision %s",
+            ", ".join(versions) or "an empty database",
+            SCHEMA_REVISION,
+        )
         return
     if not versions:
         raise DatabaseError(
@@ -145,6 +158,14 @@ def check_schema(engine: Engine) -> None:
         f"the database schema is at revision {found}, newer than this tcxc-etl knows "
         f"({SCHEMA_REVISION}): upgrade tcxc-etl"
     )
+
+
+def _schema_versions(engine: Engine) -> list[str]:
+    with database_errors("reading the schema version"), engine.connect() as conn:
+        present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+        if not present.scalar_one():
+            return []
+        return list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 @contextmanager

@@ -256,3 +256,16 @@ def test_db_commands_keep_a_database_up_for_bi_tools(tmp_path: Path) -> None:
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=3)
     assert "db start" in run_cli("db", "url", env=env).stderr
+
+
+def test_commands_migrate_the_embedded_database(tmp_path: Path) -> None:
+    """With no DATABASE_URL the database is tcxc-etl's own: a command finding it new (or at
+    an older revision) migrates it and runs, instead of asking for `tcxc-etl migrate`."""
+    from tests.conftest import run_cli
+
+    env = {"TCXC_EMBEDDED_DIR": str(tmp_path / "pg"), "TCXC_EMBEDDED_PORT": str(free_port())}
+    result = run_cli("report", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "migrated the embedded database" in result.stderr
+    again = run_cli("report", env=env)
+    assert again.returncode == 0 and "migrated" not in again.stderr, again.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from etl import db
 from etl.schema import metadata
@@ -49,3 +49,22 @@ def test_no_drift_between_migrations_and_metadata(database_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_migrations_at_once_wait_for_each_other(empty_database_url: str) -> None:
+    """Two processes migrating one empty database at once (say, two commands starting on a
+    fresh embedded database): the second waits for the first and finds nothing left to do,
+    instead of failing on the tables the first is creating."""
+    from tests.conftest import start_cli
+
+    env = {"DATABASE_URL": empty_database_url}
+    processes = [start_cli("migrate", env=env) for _ in range(2)]
+    outcomes = [(process.wait(timeout=120), process.communicate()[1]) for process in processes]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    engine = db.make_engine(empty_database_url)
+    try:
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            assert list(versions) == [db.SCHEMA_REVISION]
+    finally:
+        engine.dispose()

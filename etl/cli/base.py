@@ -65,12 +65,13 @@ def parse_range(date_from: str, date_to: str, settings: Settings) -> tuple[datet
 @contextmanager
 def database(settings: Settings, *, schema: bool = True) -> Iterator[Engine]:
     """The configured (or embedded) database; with ``schema``, checked to hold this version's
-    schema (every command but those that migrate)."""
+    schema (every command but those that migrate). The embedded database is tcxc-etl's own:
+    a new one (or one of an older tcxc-etl) is migrated rather than refused."""
     with db.open_database(
         settings.database_url.reveal(), settings.embedded_dir, settings.embedded_port
     ) as engine:
         if schema:
-            db.check_schema(engine)
+            db.check_schema(engine, upgrade=not settings.has_database_url)
         yield engine
 
 
