@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -159,8 +159,17 @@ def _start_date(text: str) -> datetime:
 
 
 def _cron(text: str) -> str:
+    expected = "must be a 5-field cron expression such as '30 3 * * *'"
     if len(text.split()) != 5:
-        raise ValueError("must be a 5-field cron expression such as '30 3 * * *'")
+        raise ValueError(expected)
+    # What the daemon's scheduler will make of it, checked now (imported only when the
+    # setting is given: most commands never schedule anything).
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text, timezone=UTC)
+    except ValueError as exc:
+        raise ValueError(f"{expected} ({exc})") from None
     return text
 
 

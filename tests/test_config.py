@@ -83,3 +83,13 @@ def test_a_number_that_is_not_one_says_what_is_expected(name: str, value: str, s
         load_settings({name: value})
     assert name in str(info.value) and says in str(info.value)
     assert "invalid literal" not in str(info.value) and "could not convert" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["61 * * * *", "30 3 * * monday-ish", "* * 32 * *"])
+def test_a_cron_expression_apscheduler_refuses_is_a_configuration_error(value: str) -> None:
+    """Five fields are not enough: a TCXC_DEEP_SYNC_CRON the scheduler would refuse stops every
+    command with the setting's name (the daemon used to fail later, as an internal error)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TCXC_DEEP_SYNC_CRON": value})
+    assert "TCXC_DEEP_SYNC_CRON" in str(info.value) and "cron expression" in str(info.value)
+    assert load_settings({"TCXC_DEEP_SYNC_CRON": "*/15 2-5 * * mon-fri"}).deep_sync_cron
