@@ -296,8 +296,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     problems = []
     for key, value in data.items():
-        if key == "accounts" and isinstance(value, list):
-            values["accounts"] = value
+        if key == "accounts":
+            if isinstance(value, list):
+                values["accounts"] = value
+            else:
+                problems.append(f"--config {path}: accounts must be [[accounts]] tables")
         elif key.lower() not in known:
             problems.append(f"--config {path}: unknown setting {key!r}")
         elif isinstance(value, dict | list):
@@ -336,6 +339,9 @@ def _accounts(entries: list[Any], env: Mapping[str, str], problems: list[str]) -
 def _account_key(
     entry: dict[str, Any], env: Mapping[str, str], where: str, problems: list[str]
 ) -> str:
+    if "key_env" in entry and "key_file" in entry:
+        problems.append(f"{where}: give key_env or key_file, not both")
+        return ""
     if "key_env" in entry:
         key = env.get(str(entry["key_env"]), "")
         if not key:

@@ -50,6 +50,25 @@ def test_account_problems_are_all_reported(tmp_path: Path) -> None:
     assert "NOPE is not set" in text and "/nonexistent/key" in text and "needs a login" in text
 
 
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        # which of two keys would be used is not for the loader to guess
+        ('[[accounts]]\nlogin = "a"\nkey_env = "KEY_A"\nkey_file = "/tmp/k"\n', "not both"),
+        ("accounts = 5\n", "[[accounts]] tables"),
+        ('accounts = ["a"]\n', "needs a login"),
+    ],
+)
+def test_an_ambiguous_or_misshapen_account_is_a_configuration_error(
+    tmp_path: Path, toml: str, says: str
+) -> None:
+    config = tmp_path / "tcxc.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"KEY_A": "key-one"}, config)
+    assert says in str(info.value) and "key-one" not in str(info.value)
+
+
 def test_sync_runs_every_configured_account(
     sim_config: SimulatorConfig, database_url: str, tmp_path: Path
 ) -> None:
