@@ -127,6 +127,19 @@ def test_nonexistent_local_time_is_refused() -> None:
         _row({**SAMPLE, "connect_time": "2026-03-29 01:30:00"}, "Europe/London")
 
 
+def test_a_time_of_the_repeated_autumn_hour_is_read_as_its_first_occurrence() -> None:
+    """01:30 happens twice in London on 2026-10-25 (BST, then GMT) and the API's text does not
+    say which: both paths read it as the first (README, Schema), and the API's text stays in
+    the raw payload."""
+    record = {**SAMPLE, "connect_time": "2026-10-25 01:30:00"}
+    row = _row(record, "Europe/London")
+    # (astimezone: an aware time in a repeated hour compares unequal to every other zone's)
+    assert row["connect_time"].astimezone(UTC) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert orjson.loads(row["raw"])["connect_time"] == "2026-10-25 01:30:00"
+    page = Normalizer("buyer1", ZoneInfo("Europe/London")).normalize_page([record])
+    assert "2026-10-25 01:30:00+01:00" in page.copy_text
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
