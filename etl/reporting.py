@@ -38,7 +38,8 @@ NER_CAUSES = (16, 17, 18, 19, 21)  # ITU-T E.425 network-delivered causes (with 
 # by the ring time: the hours up to this long after a window's end are refreshed with it.
 ANSWER_LAG = timedelta(minutes=10)
 # Advisory locks (the two-int form, apart from the one-bigint account locks of etl.locks):
-# (LOCK_KEY, day number) per day touched; (LOCK_KEY, -1) shared by refreshes, taken by rebuilds.
+# (LOCK_KEY, day number) per day touched; (LOCK_KEY, -1) shared by refreshes, taken by rebuilds;
+# (LOCK_KEY, -2) is etl.db.MIGRATION_LOCK.
 LOCK_KEY = 0x7C0C
 _REBUILD_LOCK = -1
 _EPOCH_DAY = date(1900, 1, 1)  # day numbers >= 0 (normalisation accepts years from 1900)
