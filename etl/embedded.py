@@ -147,6 +147,15 @@ class EmbeddedPostgres:
         with self._locked():
             self._stop_locked()
 
+    def stop_unless_used(self) -> list[int]:
+        """Stop the server unless live processes use it; return their pids (then it runs on,
+        and the last one's release() stops it unless it is persistent)."""
+        with self._locked():
+            users = self._users()
+            if not users:
+                self._stop_locked()
+            return sorted(users)
+
     def acquire(self) -> str:
         """Start the server if needed and count this process as one of its users."""
         with self._locked():
@@ -318,23 +327,27 @@ class EmbeddedPostgres:
                 f"{DATABASE_NAME!r} failed: {exc}"
             ) from exc
 
-    def _count_user(self, delta: int) -> int:
-        """Add ``delta`` to this process's count, forget dead processes; return all users."""
-        path, key = self.data_dir / USERS_FILE, str(os.getpid())
+    def _users(self) -> dict[int, int]:
+        """Live processes using the server, with their acquire() counts (dead ones left out)."""
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads((self.data_dir / USERS_FILE).read_text())
         except (OSError, ValueError):
             raw = {}
-        users = {
-            pid: count
+        return {
+            int(pid): count
             for pid, count in (raw.items() if isinstance(raw, dict) else ())
             if pid.isdigit() and isinstance(count, int) and count > 0 and _pid_alive(int(pid))
         }
+
+    def _count_user(self, delta: int) -> int:
+        """Add ``delta`` to this process's count, forget dead processes; return all users."""
+        users, key = self._users(), os.getpid()
         users[key] = users.get(key, 0) + delta
         if users[key] <= 0:
             del users[key]
+        path = self.data_dir / USERS_FILE
         scratch = path.with_name(path.name + ".tmp")
-        scratch.write_text(json.dumps(users, sort_keys=True))
+        scratch.write_text(json.dumps({str(pid): n for pid, n in users.items()}, sort_keys=True))
         scratch.replace(path)
         return sum(users.values())
 

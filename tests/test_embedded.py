@@ -269,3 +269,45 @@ def test_commands_migrate_the_embedded_database(tmp_path: Path) -> None:
     assert "migrated the embedded database" in result.stderr
     again = run_cli("report", env=env)
     assert again.returncode == 0 and "migrated" not in again.stderr, again.stderr
+
+
+def test_db_stop_leaves_a_server_in_use_running(make_server: Factory) -> None:
+    """`db stop` while another tcxc-etl process uses the server (a daemon, a backfill) ends
+    `db start`'s keep-running but does not pull the database from under that process, which
+    would fail every pass until restarted: it says who uses it, and the server stops when the
+    last user exits. `--force` stops it anyway."""
+    from tests.conftest import run_cli
+
+    server = make_server()
+    env = {"TCXC_EMBEDDED_DIR": str(server.data_dir), "TCXC_EMBEDDED_PORT": str(server.port)}
+    assert run_cli("db", "start", env=env).returncode == 0
+    user = subprocess.Popen(  # another process using the server, until its stdin closes
+        [
+            sys.executable,
+            "-c",
+            "import sys; from etl.embedded import EmbeddedPostgres as E;"
+            f"s = E({str(server.data_dir)!r}, {server.port}); s.acquire(); print('up', flush=True);"
+            "sys.stdin.read(); s.release()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert user.stdout is not None and user.stdin is not None
+    assert user.stdout.readline().strip() == "up"
+    stopped = run_cli("db", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"in use by 1 tcxc-etl process (pid {user.pid})" in stopped.stdout
+    assert server.is_running()
+    user.stdin.close()
+    assert user.wait(timeout=60) == 0
+    user.stdout.close()
+    assert not server.is_running()  # its last user gone, and no longer kept running
+
+    assert run_cli("db", "start", env=env).returncode == 0
+    server.acquire()  # this test process is a user now
+    forced = run_cli("db", "stop", "--force", env=env)
+    assert forced.returncode == 0 and "stopped" in forced.stdout
+    assert not server.is_running()
+    server.release()

@@ -197,13 +197,26 @@ def db_start(app: AppContext) -> None:
 
 
 @db_group.command(name="stop")
+@click.option("--force", is_flag=True, help="Stop it even while tcxc-etl processes use it.")
 @click.pass_obj
-def db_stop(app: AppContext) -> None:
-    """Stop the embedded PostgreSQL."""
+def db_stop(app: AppContext, force: bool) -> None:
+    """Stop the embedded PostgreSQL (once no tcxc-etl process uses it)."""
     server = _embedded(app)
     server.mark_persistent(False)
-    server.stop()
-    click.echo("embedded PostgreSQL stopped")
+    if force:
+        server.stop()
+        users = []
+    else:
+        users = server.stop_unless_used()
+    if not users:
+        click.echo("embedded PostgreSQL stopped")
+        return
+    pids = ", ".join(map(str, users))
+    click.echo(
+        f"embedded PostgreSQL in use by {len(users)} tcxc-etl "
+        f"{'process' if len(users) == 1 else 'processes'} (pid {pids}): it stops when the last "
+        "of them exits (`tcxc-etl db stop --force` stops it now, failing their work)"
+    )
 
 
 @db_group.command(name="url")
