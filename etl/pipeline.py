@@ -362,13 +362,18 @@ def backfill(
     *,
     resume: bool = True,
     locked: bool = False,
+    repair: bool = False,
 ) -> RunSummary:
     """Sync ``[start, end]`` in windows of the configured size; leaves the watermark alone.
 
     With ``resume``, windows that an unfinished earlier backfill of the same account, prefix
-    and range already committed are skipped (the per-window ledger says which).
+    and range already committed are skipped (the per-window ledger says which). ``repair``
+    compares every stored row with the API's values, not only its digest (``Job.recheck``),
+    and resumes nothing: each of its windows is read and compared.
     """
     windows = list(plan_windows(start, end, job.settings.window))
+    if repair:
+        job, resume = replace(job, recheck=True), False
     done = (
         state.backfill_windows_done(engine, job.api_login, job.prefix, start, end)
         if resume

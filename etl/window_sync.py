@@ -56,6 +56,9 @@ class Job:
     abandoned (rolled back) at the next page boundary or retry wait, and no new one starts.
     ``observe(event, kind)`` receives ``("api_request", "ok")``, ``("api_error", kind)`` and
     ``("rows", outcome)`` notifications for metrics.
+    ``recheck`` (``backfill --repair``): a page whose rows are stored with matching digests is
+    normalised and merged all the same, so each stored row is compared with the API's values
+    and rewritten if it differs (a row changed outside tcxc-etl keeps its digest).
     """
 
     client: ApiClient
@@ -65,6 +68,7 @@ class Job:
     stop: threading.Event = field(default_factory=threading.Event)
     observe: Callable[[str, str], None] = _ignore
     budget: RequestBudget | None = None
+    recheck: bool = False
 
     @property
     def api_login(self) -> str:
@@ -196,7 +200,7 @@ def load_window(
         ids = None if staging else load.distinct_ids(records)
         digests = normalizer.digests(records)
         stored = ids is not None and load.any_stored(conn, ids)
-        if ids is not None and stored and load.held_alike(conn, ids, digests):
+        if ids is not None and stored and not job.recheck and load.held_alike(conn, ids, digests):
             counts.unchanged += len(records)  # held as they are: nothing to normalise or write
             continue
         normalized = normalizer.normalize_page(records, digests)  # COPY text; PostgreSQL casts

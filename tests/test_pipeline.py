@@ -9,7 +9,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from etl import pipeline
 from etl.errors import AuthError, FatalApiError, ResultChangedError
@@ -81,6 +81,41 @@ def test_resync_is_a_no_op(sim: Simulator, engine: Engine, database_url: str) ->
     assert table_rows(engine, "SELECT xmin::text, ctid::text, * FROM cdr ORDER BY i_cdr") == before
     engine.dispose()
     assert write_counters(engine) == counters_before
+
+
+def test_a_repair_backfill_rewrites_a_row_changed_behind_its_digest(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A stored row changed outside tcxc-etl (a manual edit, a bad restore) keeps its payload
+    digest, so a plain re-sync holds its page alike and leaves the row as it is (`verify`
+    lists it). `backfill --repair` compares every row with the API's values: it rewrites
+    that row, and only it, with the rollup."""
+    _backfill(sim, engine)
+    victim = _api_ids(sim)[7]
+    api_amount = next(r for r in sim.records("buyer1") if int(r["i_cdr"]) == victim)[
+        "customer_amount"
+    ]
+    amount = f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {victim}"
+    spend = "SELECT sum(spend)::text FROM cdr_daily"
+    spend_before = table_rows(engine, spend)
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE cdr SET customer_amount = customer_amount + 1 WHERE i_cdr = {victim}")
+        )
+    assert _backfill(sim, engine).counts.updated == 0  # held alike by its digest
+    assert table_rows(engine, amount) != [(api_amount,)]
+    engine.dispose()
+    counters = write_counters(engine)
+    engine.dispose()
+    settings = make_settings(sim)
+    repaired = pipeline.backfill(engine, make_job(settings), *sim_range(), repair=True)
+    engine.dispose()
+    assert repaired.ok and repaired.counts.updated == 1 and repaired.counts.inserted == 0
+    assert repaired.counts.unchanged == len(_api_ids(sim)) - 1 and repaired.skipped == 0
+    assert table_rows(engine, amount) == [(api_amount,)]
+    assert table_rows(engine, spend) == spend_before
+    inserted, updated, deleted = write_counters(engine)
+    assert (inserted, updated - counters[1], deleted) == (counters[0], 1, counters[2])
 
 
 def test_a_range_moved_on_by_a_day_loads_only_the_new_day(

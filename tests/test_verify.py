@@ -271,3 +271,27 @@ def test_cli_exit_codes_and_json(sim: Simulator, engine: Engine, database_url: s
     assert data["totals"]["missing"] == 1 and data["clean"] is False
     for output in (clean.stdout, clean.stderr, dirty.stdout, dirty.stderr):
         assert "key-one" not in output and "signature" not in output
+
+
+def test_following_verify_advice_repairs_what_a_sync_can(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """verify's one-line advice works when followed: `backfill --repair` over the range loads
+    the missing row and rewrites the changed one (which a plain backfill leaves: its digest
+    still matches); the extra row stays, and the advice then names only it."""
+    _backfill(sim, engine, database_url)
+    _plant(engine)
+    env = sim_env(sim, database_url, TCXC_WINDOW="1d")
+    period = ("--from", "2026-09-27", "--to", "2026-09-30")
+    dirty = run_cli("verify", *period, env=env)
+    assert dirty.returncode == 1
+    assert "1 missing, 1 extra, 1 different" in dirty.stderr
+    assert "backfill --repair" in dirty.stderr and "delete them by hand" in dirty.stderr
+    plain = run_cli("backfill", *period, env=env)
+    assert plain.returncode == 0 and "inserted 1, updated 0" in plain.stdout, plain.stdout
+    repair = run_cli("backfill", *period, "--repair", env=env)
+    assert repair.returncode == 0 and "inserted 0, updated 1" in repair.stdout, repair.stdout
+    after = run_cli("verify", *period, env=env)
+    assert after.returncode == 1
+    assert "0 missing, 1 extra, 0 different" in after.stderr
+    assert "--repair" not in after.stderr and "delete them by hand" in after.stderr

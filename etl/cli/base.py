@@ -90,16 +90,15 @@ def make_job(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
     )
-    extra = {"observe": observe} if observe else {}
-    return pipeline.Job(
+    job = pipeline.Job(
         client=client,
         settings=settings,
         prefix=account.prefix if prefix is None else prefix,
         retry=RetryPolicy(),
         stop=stop or threading.Event(),
         budget=_budget(settings, account.login),
-        **extra,
     )
+    return dataclasses.replace(job, observe=observe) if observe else job
 
 
 _BUDGETS: dict[str, RequestBudget] = {}

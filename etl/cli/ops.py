@@ -50,8 +50,24 @@ def verify(
         raise EtlError(
             f"verify found differences for account {report.api_login} from "
             f"{report.start.isoformat()} to {report.end.isoformat()}: {report.summary()}; "
-            "re-run backfill over the days listed, then verify again"
+            + _what_to_do(report)
         )
+
+
+def _what_to_do(report: VerifyReport) -> str:
+    """The repair a report calls for: missing and different rows are loaded again by a
+    repair backfill; extra rows (the API no longer returns them) are never deleted by one."""
+    steps = []
+    if report.total("missing") or report.total("different"):
+        steps.append("re-run `tcxc-etl backfill --repair` over the days listed, then verify again")
+    if report.total("extra"):
+        steps.append(
+            "extra rows are no longer returned by the API and no sync deletes them: check them"
+            " and delete them by hand if they should go"
+        )
+    if report.unloadable_count:
+        steps.append("unloadable records are listed with their reasons (report them to TCXC)")
+    return "; ".join(steps)
 
 
 @cli.command("grant-readonly")

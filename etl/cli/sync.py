@@ -35,11 +35,14 @@ def run_backfill(
     end: datetime,
     *,
     resume: bool = True,
+    repair: bool = False,
 ) -> pipeline.RunSummary:
     """Backfill under the account's lock (waiting for it) with progress; raise if it failed."""
     windows = list(plan_windows(start, end, job.settings.window))
     with account_lock(engine, job.api_login, wait=True), WindowProgress(len(windows)) as bar:
-        summary = pipeline.backfill(engine, job, start, end, bar.update, resume=resume, locked=True)
+        summary = pipeline.backfill(
+            engine, job, start, end, bar.update, resume=resume, locked=True, repair=repair
+        )
     resumed = f" ({summary.skipped} already done by an interrupted run)" if summary.skipped else ""
     click.echo(summary_line(summary.windows, summary.counts) + resumed)
     if summary.stopped:
@@ -73,6 +76,12 @@ def migrate(app: AppContext) -> None:
 @click.option("--account", default=None, help="Account login (when several are configured).")
 @click.option("--prefix", default=None, help="Only CDRs whose destination starts with this.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; fetch nothing.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Compare every stored row with the API's values (not only its digest) and rewrite"
+    " those that differ; resumes nothing.",
+)
 @click.pass_obj
 def backfill(
     app: AppContext,
@@ -81,6 +90,7 @@ def backfill(
     account: str | None,
     prefix: str | None,
     dry_run: bool,
+    repair: bool,
 ) -> None:
     """Sync a date range now, window by window, and print a summary (resumable)."""
     settings = app.settings
@@ -90,7 +100,7 @@ def backfill(
         _print_plan(settings, job, start, end)
         return
     with database(settings) as engine:
-        run_backfill(engine, job, start, end)
+        run_backfill(engine, job, start, end, repair=repair)
 
 
 def _print_plan(settings: Settings, job: pipeline.Job, start: datetime, end: datetime) -> None:
