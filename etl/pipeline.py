@@ -375,7 +375,9 @@ def backfill(
     if repair:
         job, resume = replace(job, recheck=True), False
     done = (
-        state.backfill_windows_done(engine, job.api_login, job.prefix, start, end)
+        state.backfill_windows_done(
+            engine, job.api_login, job.prefix, start, end, job.settings.settle_lag
+        )
         if resume
         else set()
     )

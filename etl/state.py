@@ -9,7 +9,7 @@ transaction, once the window's work has been rolled back.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -159,20 +159,27 @@ WHERE r.command = 'backfill' AND r.api_login = %(login)s
         AND ok.range_start = %(start)s AND ok.range_end = %(end)s AND ok.status = 'succeeded'
   ), 0)
   AND w.status = 'done' AND w.prefix = %(prefix)s
+  AND w.window_end <= w.finished_at - %(settle)s
 """
 
 
 def backfill_windows_done(
-    engine: Engine, api_login: str, prefix: str, start: datetime, end: datetime
+    engine: Engine,
+    api_login: str,
+    prefix: str,
+    start: datetime,
+    end: datetime,
+    settle_lag: timedelta,
 ) -> set[tuple[datetime, datetime]]:
     """Windows that unfinished backfills of this exact request (since the last one that
-    succeeded) already committed: a resumed backfill skips them."""
+    succeeded) already committed: a resumed backfill skips them. Only windows that had
+    settled when they committed (ended ``settle_lag`` or more before) count: a window at or
+    past "now" was committed before all its calls had shown, and is synced again."""
+    params = {"login": api_login, "prefix": prefix, "start": start, "end": end}
     with engine.connect() as sa_conn:
         conn = sa_conn.connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
-        rows = conn.execute(
-            _RESUMABLE, {"login": api_login, "prefix": prefix, "start": start, "end": end}
-        ).fetchall()
+        rows = conn.execute(_RESUMABLE, {**params, "settle": settle_lag}).fetchall()
     return {(row[0], row[1]) for row in rows}
 
 

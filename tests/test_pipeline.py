@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -18,6 +18,7 @@ from etl.state import Counts
 from etl.windows import Window
 from tests.conftest import (
     SIM_END,
+    FakeClock,
     make_job,
     make_settings,
     sim_range,
@@ -414,6 +415,34 @@ def test_a_resumed_backfill_skips_what_joined_windows_committed(
     assert second.windows + second.skipped == 20
     assert first.counts.inserted + second.counts.inserted == len(_api_ids(sim))
     assert _db_ids(engine) == _api_ids(sim)
+
+
+def test_a_resumed_backfill_syncs_again_the_windows_it_synced_before_they_settled(
+    engine: Engine,
+) -> None:
+    """A backfill reaching past "now" commits its last windows before their calls are all in
+    (calls show once they end; later ones are still to come). Resumed later, after it did not
+    finish, it must read those windows again, not skip them as done: only windows that had
+    settled (TCXC_SETTLE_LAG) when they committed count as done."""
+    now = datetime.now(UTC).replace(microsecond=0)  # the database's clock, for the ledger
+    clock = FakeClock(now)
+    live = SimulatorConfig(
+        accounts={"buyer1": "key-one"}, cdrs=2000, days=2, live=True, clock=clock
+    )
+    with Simulator(live) as sim:
+        settings = make_settings(sim, window=timedelta(hours=1))
+        start, end = now - timedelta(hours=2), now + timedelta(hours=2)
+        first = pipeline.backfill(engine, make_job(settings), start, end)
+        assert first.ok and first.windows == 4
+        with engine.begin() as conn:  # it did not finish (a window failed, say)
+            conn.execute(text(f"UPDATE etl_run SET status = 'failed' WHERE id = {first.run_id}"))
+        clock.now += 2 * 3600  # two hours on: the calls of its last windows have been served
+        second = pipeline.backfill(engine, make_job(settings), start, end)
+        low, high = (moment.strftime("%Y-%m-%d %H:%M:%S") for moment in (start, end))
+        served = {int(r["i_cdr"]) for r in sim.records("buyer1") if low <= r["setup_time"] <= high}
+    # the first window had settled when it committed; the second ended at "now"
+    assert second.ok and second.skipped == 1 and second.counts.inserted > 0
+    assert set(_db_ids(engine)) == served
 
 
 def test_a_later_run_joins_windows_from_its_first_by_the_ledger_density(

@@ -108,7 +108,9 @@ def _print_plan(settings: Settings, job: pipeline.Job, start: datetime, end: dat
     done: set[tuple[datetime, datetime]] = set()
     try:
         with database(settings) as engine:
-            done = state.backfill_windows_done(engine, job.api_login, job.prefix, start, end)
+            done = state.backfill_windows_done(
+                engine, job.api_login, job.prefix, start, end, settings.settle_lag
+            )
     except EtlError as exc:
         click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
     committed = Coverage(done)
