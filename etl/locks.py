@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,18 +27,36 @@ def lock_key(api_login: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+# How often a wait for a lock that a stop request can end tries the lock again.
+LOCK_POLL_SECONDS = 1.0
+
+
 @contextmanager
-def account_lock(engine: Engine, api_login: str, *, wait: bool) -> Iterator[bool]:
-    """Hold the account's lock in the block; yields False (without waiting) if it is taken."""
+def account_lock(
+    engine: Engine, api_login: str, *, wait: bool, stop: threading.Event | None = None
+) -> Iterator[bool]:
+    """Hold the account's lock in the block. If another run holds it, yields False at once,
+    or with ``wait`` once it is free (True); a wait with ``stop`` tries again every
+    LOCK_POLL_SECONDS and yields False if ``stop`` is set meanwhile."""
     key = lock_key(api_login)
     with database_errors(f"locking account {api_login}"), engine.connect() as conn:
         conn.execute(text("COMMIT"))  # no transaction held open while we work
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar_one()
+
+        def take() -> bool:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            return got
+
+        got = take()
         if not got and wait:
             log.info("waiting for account=%s: another run holds its lock", api_login)
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            got = True
-        conn.commit()
+            if stop is None:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                got = True
+            else:
+                while not got and not stop.wait(LOCK_POLL_SECONDS):
+                    got = take()
         try:
             yield bool(got)
         finally:

@@ -91,12 +91,29 @@ def run_pass(
     kind: str,
     now: datetime | None = None,
 ) -> PassResult:
-    """One pass of ``kind`` for one account, under the account's lock (skipped if taken)."""
+    """One pass of ``kind`` for one account, under the account's lock.
+
+    An incremental pass skips an account whose lock another run holds (the next one comes
+    within TCXC_SYNC_INTERVAL). A deep pass, which comes once a day, waits for the lock (a
+    stop request ends the wait), then skips only if a deep pass of the account and prefix
+    finished meanwhile (another daemon's, due at the same time)."""
     where = f"{kind} pass of account {job.api_login}"
-    with database_errors(where), account_lock(engine, job.api_login, wait=False) as locked:
+    deep = kind == DEEP
+    due = state.database_now(engine) if deep else None
+    with (
+        database_errors(where),
+        account_lock(engine, job.api_login, wait=deep, stop=job.stop) as locked,
+    ):
         if not locked:
+            if job.stop.is_set():
+                return PassResult(job.api_login, None, "stopped while waiting for the lock")
             log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
             return PassResult(job.api_login, None, "locked by another run")
+        if due is not None and state.deep_pass_finished_since(
+            engine, job.api_login, job.prefix, due
+        ):
+            log.info("skipping account=%s pass=%s: done by another run since", job.api_login, kind)
+            return PassResult(job.api_login, None, "done by another run since it was due")
         moment = now or datetime.now(UTC)
         watermark = state.read_watermark(engine, job.api_login, job.prefix)
         if kind == INCREMENTAL:

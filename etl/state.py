@@ -183,6 +183,29 @@ def backfill_windows_done(
     return {(row[0], row[1]) for row in rows}
 
 
+def database_now(engine: Engine) -> datetime:
+    """The database's clock (what the ledger's times are written by)."""
+    with engine.connect() as conn:
+        moment: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    return moment
+
+
+_DEEP_FINISHED_SINCE = text("""
+SELECT EXISTS (
+    SELECT FROM etl_run r
+    WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.status = 'succeeded'
+      AND r.finished_at > :since
+      AND EXISTS (SELECT FROM sync_window w WHERE w.run_id = r.id AND w.prefix = :prefix)
+)""")
+
+
+def deep_pass_finished_since(engine: Engine, api_login: str, prefix: str, since: datetime) -> bool:
+    """Whether a deep pass of the account and prefix succeeded after ``since``."""
+    params = {"login": api_login, "prefix": prefix, "since": since}
+    with engine.connect() as conn:
+        return bool(conn.execute(_DEEP_FINISHED_SINCE, params).scalar_one())
+
+
 _RECENT_DENSITY = text("""
 SELECT coalesce(sum(rows_fetched), 0),
        coalesce(sum(extract(epoch FROM window_end - window_start)), 0)::float8

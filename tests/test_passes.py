@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from etl import state
 from etl.config import Settings
@@ -173,6 +174,71 @@ def test_a_locked_account_is_skipped(sim: Simulator, engine: Engine) -> None:
         result = run_pass(engine, make_job(_settings(sim)), INCREMENTAL, NOW)
     assert result.summary is None and result.skipped == "locked by another run"
     assert _ids(engine) == set()
+
+
+def _deep_pass_in_a_thread(engine: Engine, job: Any) -> tuple[threading.Thread, list[Any]]:
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(run_pass(engine, job, DEEP, NOW + timedelta(hours=1)))
+    )
+    thread.start()
+    return thread, results
+
+
+def test_a_deep_pass_waits_for_the_lock_instead_of_skipping_the_night(
+    sim: Simulator, engine: Engine
+) -> None:
+    """The deep pass runs once a day: if it met an incremental pass holding the account's lock
+    (both jobs fire at the same minute when the daemon started on a quarter hour), skipping
+    would leave re-rates beyond the lookback unapplied for another day. It waits for the lock,
+    then runs; a stop request ends the wait."""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    with account_lock(engine, "buyer1", wait=False) as got:  # an incremental pass, say
+        assert got
+        thread, results = _deep_pass_in_a_thread(engine, job)
+        thread.join(timeout=3)
+        assert thread.is_alive() and not results  # waiting, not skipped
+    thread.join(timeout=60)
+    (deep,) = results
+    assert deep.ok and deep.summary is not None and deep.summary.windows > 0
+
+    stopping = replace(job, stop=threading.Event())
+    with account_lock(engine, "buyer1", wait=False):
+        thread, results = _deep_pass_in_a_thread(engine, stopping)
+        stopping.stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive() and results[0].summary is None
+
+
+def test_a_deep_pass_another_process_ran_meanwhile_is_not_run_twice(
+    sim: Simulator, engine: Engine
+) -> None:
+    """Two daemons sharing the accounts fire the deep pass at the same minute: the one that
+    waited for the lock finds that the other's deep pass of that account finished after it
+    was due, and does not run the same re-sync again."""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    with account_lock(engine, "buyer1", wait=False):
+        thread, results = _deep_pass_in_a_thread(engine, job)
+        thread.join(timeout=2)
+        # meanwhile the other daemon's deep pass of this account runs to its end
+        other = state.start_run(engine, DEEP, "buyer1", START, NOW)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO sync_window (run_id, api_login, prefix, window_start, window_end,"
+                    " status) VALUES (:r, 'buyer1', '', :s, :e, 'done')"
+                ),
+                {"r": other, "s": START, "e": NOW},
+            )
+            conn.execute(
+                text("UPDATE etl_run SET status = 'succeeded', finished_at = now() WHERE id = :r"),
+                {"r": other},
+            )
+    thread.join(timeout=60)
+    (deep,) = results
+    assert deep.summary is None and deep.skipped == "done by another run since it was due"
 
 
 def test_watermark_never_moves_backwards(sim: Simulator, engine: Engine) -> None:

@@ -39,10 +39,13 @@ def run_backfill(
 ) -> pipeline.RunSummary:
     """Backfill under the account's lock (waiting for it) with progress; raise if it failed."""
     windows = list(plan_windows(start, end, job.settings.window))
-    with account_lock(engine, job.api_login, wait=True), WindowProgress(len(windows)) as bar:
-        summary = pipeline.backfill(
-            engine, job, start, end, bar.update, resume=resume, locked=True, repair=repair
-        )
+    with account_lock(engine, job.api_login, wait=True, stop=job.stop) as locked:
+        if not locked:  # a stop request ended the wait
+            raise EtlError(f"stopped while waiting for the lock of account {job.api_login}")
+        with WindowProgress(len(windows)) as bar:
+            summary = pipeline.backfill(
+                engine, job, start, end, bar.update, resume=resume, locked=True, repair=repair
+            )
     resumed = f" ({summary.skipped} already done by an interrupted run)" if summary.skipped else ""
     click.echo(summary_line(summary.windows, summary.counts) + resumed)
     if summary.stopped:
