@@ -75,6 +75,10 @@ class MergeCounts:
     updated: int
     unchanged: int
     conflicts: int
+    # The reporting times (connect, else setup) that the stored rows it may have rewritten
+    # had: their rollup hours must be recomputed too (an update can move a CDR's hour).
+    replaced_from: datetime | None = None
+    replaced_to: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,8 @@ WITH span AS MATERIALIZED (
            AND ({_columns("c.", _VALUES)}) IS NOT DISTINCT FROM ({_columns("s.", _VALUES)})
            AND CASE WHEN s.raw_text IS NULL THEN c.raw = s.raw
                     ELSE c.raw::text = s.raw_text END AS unchanged,
-           c.payload_digest IS NOT DISTINCT FROM s.payload_digest AS same_digest
+           c.payload_digest IS NOT DISTINCT FROM s.payload_digest AS same_digest,
+           coalesce(c.connect_time, c.setup_time) AS stored_at
     FROM {STAGE} s
     LEFT JOIN LATERAL (SELECT * FROM cdr WHERE cdr.i_cdr = s.i_cdr OFFSET 0) c ON true
     WHERE NOT (SELECT yes FROM append)
@@ -304,8 +309,11 @@ SELECT t.candidates, (SELECT count(*) FROM bad), w.inserted, w.updated,
            SELECT s.seq FROM {STAGE} s
            WHERE ((SELECT yes FROM append) OR s.seq IN (SELECT seq FROM latest WHERE NOT untouched))
              AND NOT EXISTS (SELECT FROM upserted u WHERE u.i_cdr = s.i_cdr)
-       ) END
-FROM tally t, written w
+       ) END,
+       r.earliest, r.latest
+FROM tally t, written w,
+     (SELECT min(stored_at) AS earliest, max(stored_at) AS latest FROM joined
+      WHERE stored AND NOT unchanged) r
 """
 
 # The rows the upsert skipped (``%(skipped)s``: one per i_cdr, the one ``latest`` picked) met a
@@ -344,6 +352,8 @@ def merge(conn: psycopg.Connection[Any], run_id: int) -> MergeCounts:
         updated=updated,
         unchanged=candidates - late - inserted - updated,
         conflicts=conflicts + late,
+        replaced_from=row[5],
+        replaced_to=row[6],
     )
 
 
