@@ -281,9 +281,9 @@ def _earliest_and_latest(records: Sequence[Any], name: str) -> set[str]:
 
 def refresh_days(
     conn: psycopg.Connection[Any], api_login: str, start: datetime, end: datetime
-) -> None:
+) -> int:
     """Bring ``api_login``'s rollup up to date for every reporting day overlapping
-    ``[start, end]``.
+    ``[start, end]``; return how many rollup rows that wrote (0: it was up to date).
 
     Call it in the window's transaction, right after the merge (or right after its commit).
     The account's hours overlapping ``[start, end + ANSWER_LAG]`` are recomputed from ``cdr``
@@ -327,6 +327,7 @@ def refresh_days(
         last_hour.isoformat(),
         hourly + daily,
     )
+    return hourly + daily
 
 
 def rebuild_rollup(conn: psycopg.Connection[Any]) -> None:

@@ -17,6 +17,7 @@ from etl.verify import WAREHOUSE_ROWS, Example, verify_range
 from tests.conftest import make_job, make_settings, run_cli, sim_env, table_rows, write_counters
 
 TABLES = ("cdr", "cdr_reject", "cdr_conflict", "sync_state", "sync_window", "etl_run")
+ROLLUPS = ("cdr_hourly", "cdr_daily", "cdr_daily_cause")
 FAKE_I_CDR = 9_000_000_001
 RANGE = (datetime(2026, 9, 27, tzinfo=UTC), datetime(2026, 9, 30, tzinfo=UTC))  # 3 windows
 
@@ -108,7 +109,12 @@ def test_planted_differences_are_named_on_their_day(
     )
     assert by_day[extra[1]].extra == 1
     assert by_day[different[1]].different == 1
-    assert report.summary() == "1 missing, 1 extra, 1 different, 0 unloadable"
+    # (the planted rows bypassed the rollup refresh: its rows for them are stale too)
+    assert report.stale_rollup_rows > 0
+    assert report.summary() == (
+        "1 missing, 1 extra, 1 different, 0 unloadable, "
+        f"{report.stale_rollup_rows} stale rollup rows"
+    )
     lines = format_report(report).splitlines()
     assert f"missing 1: {missing[0]} ({missing[1]})" in lines
     assert f"extra 1: {extra[0]} ({extra[1]})" in lines
@@ -240,7 +246,7 @@ def test_verify_never_writes(sim: Simulator, engine: Engine, database_url: str) 
     _plant(engine)
     sim.publish("buyer1", _bad_record(sim, "999000002"))
     snapshot = "SELECT xmin::text, ctid::text, * FROM cdr ORDER BY i_cdr"
-    before = table_rows(engine, snapshot)
+    before, rollups = table_rows(engine, snapshot), _rollups(engine)
     engine.dispose()  # closing the sessions flushes their statistics
     counters = {table: write_counters(engine, table) for table in TABLES}
     engine.dispose()
@@ -250,6 +256,33 @@ def test_verify_never_writes(sim: Simulator, engine: Engine, database_url: str) 
     assert table_rows(engine, snapshot) == before
     engine.dispose()
     assert {table: write_counters(engine, table) for table in TABLES} == counters
+    assert report.stale_rollup_rows > 0  # the planted rows bypassed the refresh...
+    assert _rollups(engine) == rollups  # ...and the check of the rollup wrote nothing
+
+
+def _rollups(engine: Engine) -> list[Any]:
+    return [table_rows(engine, f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4, 5") for t in ROLLUPS]
+
+
+def test_stale_rollup_rows_are_found_and_rebuild_rollup_clears_them(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """The rollups BI tools read are checked against a fresh aggregation of the period's
+    CDRs: a changed daily figure fails verify, naming `rebuild-rollup`, which clears it."""
+    _backfill(sim, engine, database_url)
+    env = sim_env(sim, database_url, TCXC_WINDOW="1d")
+    period = ("--from", "2026-09-27", "--to", "2026-09-30")
+    assert run_cli("verify", *period, env=env).returncode == 0
+    _execute(
+        engine,
+        "UPDATE cdr_daily SET attempts = attempts + 1"
+        " WHERE ctid = (SELECT ctid FROM cdr_daily WHERE day = '2026-09-28' LIMIT 1)",
+    )
+    stale = run_cli("verify", *period, "--json", env=env)
+    assert stale.returncode == 1 and "rebuild-rollup" in stale.stderr, stale.stderr
+    assert orjson.loads(stale.stdout)["stale_rollup_rows"] == 1
+    assert run_cli("rebuild-rollup", env=env).returncode == 0
+    assert run_cli("verify", *period, env=env).returncode == 0
 
 
 def test_cli_exit_codes_and_json(sim: Simulator, engine: Engine, database_url: str) -> None:

@@ -67,6 +67,11 @@ def _what_to_do(report: VerifyReport) -> str:
         )
     if report.unloadable_count:
         steps.append("unloadable records are listed with their reasons (report them to TCXC)")
+    if report.stale_rollup_rows:
+        steps.append(
+            "the reporting rollups (what BI tools read) differ from the CDRs: run"
+            " `tcxc-etl rebuild-rollup`"
+        )
     return "; ".join(steps)
 
 
@@ -122,6 +127,7 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
             for kind, examples in report.examples.items()
         },
         "extra_outside_by_other_fields": report.boundary_extra,
+        "stale_rollup_rows": report.stale_rollup_rows,
         "unloadable": {
             "count": report.unloadable_count,
             "examples": [{"i_cdr": u.i_cdr, "reason": u.reason} for u in report.unloadable],
@@ -175,6 +181,11 @@ def _example_lines(report: VerifyReport) -> list[str]:
         more = f" (first {len(report.unloadable)})" if count > len(report.unloadable) else ""
         shown = "; ".join(f"{u.i_cdr or '?'}: {u.reason}" for u in report.unloadable)
         lines.append(f"unloadable {count}{more}: {shown}")
+    if report.stale_rollup_rows:
+        lines.append(
+            f"rollup: {report.stale_rollup_rows} row(s) of cdr_hourly, cdr_daily and "
+            "cdr_daily_cause differ from a fresh aggregation of the period's CDRs"
+        )
     return lines
 
 
