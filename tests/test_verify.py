@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import Engine, text
 
 from etl import pipeline
-from etl.cli.ops import format_report
+from etl.cli.ops import format_report, what_to_do
 from etl.config import Settings
 from etl.simulator import Simulator, SimulatorConfig
 from etl.verify import WAREHOUSE_ROWS, Example, verify_range
@@ -133,6 +133,7 @@ def test_repeats_and_a_changed_call_id(
     assert report.tally.rows_fetched > report.total("api") == len(_api_ids(sim))
     assert report.examples["different"] == (Example(i_cdr, day, ("call_id",)),)
     assert report.total("missing") == report.total("extra") == 0
+    assert "cdr_conflict" in what_to_do(report)  # a repair backfill would not apply it
 
 
 def test_detects_connect_time_and_checks_a_prefix(

@@ -50,16 +50,23 @@ def verify(
         raise EtlError(
             f"verify found differences for account {report.api_login} from "
             f"{report.start.isoformat()} to {report.end.isoformat()}: {report.summary()}; "
-            + _what_to_do(report)
+            + what_to_do(report)
         )
 
 
-def _what_to_do(report: VerifyReport) -> str:
+def what_to_do(report: VerifyReport) -> str:
     """The repair a report calls for: missing and different rows are loaded again by a
-    repair backfill; extra rows (the API no longer returns them) are never deleted by one."""
+    repair backfill, but for conflicts (another call_id or account under a stored i_cdr,
+    never applied by a sync); extra rows (the API no longer returns them) are never deleted
+    by one."""
     steps = []
     if report.total("missing") or report.total("different"):
         steps.append("re-run `tcxc-etl backfill --repair` over the days listed, then verify again")
+    if any({"call_id", "api_login"} & set(e.columns) for e in report.examples["different"]):
+        steps.append(
+            "an i_cdr whose call_id or account differs is a conflict: kept aside in"
+            " cdr_conflict and never applied by a sync, review it there"
+        )
     if report.total("extra"):
         steps.append(
             "extra rows are no longer returned by the API and no sync deletes them: check them"
