@@ -32,7 +32,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from etl import db, reporting
+from etl import db, queries, reporting
 from etl.fields import FIELD_KINDS
 from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.simulator.data import CdrTable, generate, make_profile
@@ -223,7 +223,7 @@ def run_queries(conn: psycopg.Connection[Any], repeat: int) -> list[dict[str, An
     """EXPLAIN (ANALYZE, BUFFERS) and time each documented query, then time it again without
     each index its plan reads: the evidence that the index earns its keep."""
     results = []
-    for query in reporting.documented_queries((common.ROOT / "docs" / "queries.md").read_text()):
+    for query in queries.documented_queries((common.ROOT / "docs" / "queries.md").read_text()):
         plan = [line[0] for line in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query.sql}")]
         conn.execute(query.sql).fetchall()  # warm-up
         times = timed(conn, query.sql, repeat)

@@ -25,7 +25,6 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from itertools import repeat
 from typing import Any
@@ -376,28 +375,3 @@ def _settings(cur: psycopg.Cursor[Any]) -> Iterator[None]:
 def _set(cur: psycopg.Cursor[Any], values: dict[str, str]) -> None:
     pairs = [item for pair in values.items() for item in pair]
     cur.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in values), pairs)
-
-
-@dataclass(frozen=True)
-class DocumentedQuery:
-    """One example question of docs/queries.md and its SQL."""
-
-    number: int
-    question: str
-    sql: str
-
-
-_HEADING = re.compile(r"^### (\d+)\. (.+)$")
-_SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def documented_queries(markdown: str) -> list[DocumentedQuery]:
-    """The ``### N. question`` sections of a markdown text, each with its first sql block."""
-    found: list[DocumentedQuery] = []
-    for section in re.split(r"^(?=### \d+\. )", markdown, flags=re.MULTILINE):
-        heading = _HEADING.match(section.split("\n", 1)[0])
-        block = _SQL_BLOCK.search(section)
-        if heading and block:
-            sql = block.group(1).strip().rstrip(";")
-            found.append(DocumentedQuery(int(heading.group(1)), heading.group(2).strip(), sql))
-    return found

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from etl import db, pipeline, reporting
+from etl import db, pipeline, queries, reporting
 from etl.config import Secret
 from etl.simulator import Simulator, SimulatorConfig
 from tests.conftest import ROOT, make_job, make_settings, table_rows, write_counters
@@ -851,7 +851,7 @@ def test_every_documented_query_gives_the_figures_python_computes(
     sync(sim, engine, database_url)
     truth = calls(sim)
     period = Period(truth, max(c.day("UTC") for c in truth))
-    documented = reporting.documented_queries((ROOT / "docs" / "queries.md").read_text())
+    documented = queries.documented_queries((ROOT / "docs" / "queries.md").read_text())
     assert [q.number for q in documented] == sorted(ORACLES)
     for doc in documented:
         found = query(pg, doc.sql)
@@ -880,7 +880,7 @@ def test_documented_queries_run_as_the_read_only_role(
     try:
         grant_readonly(engine, role)
         url = make_url(db.sqlalchemy_url(database_url)).set(username=role, drivername="postgresql")
-        documented = reporting.documented_queries((ROOT / "docs" / "queries.md").read_text())
+        documented = queries.documented_queries((ROOT / "docs" / "queries.md").read_text())
         with psycopg.connect(url.render_as_string(False)) as reader:
             for doc in documented:
                 assert query(reader, doc.sql) == query(pg, doc.sql), f"query {doc.number}"
