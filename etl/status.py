@@ -20,7 +20,9 @@ _ACCOUNT = text(
         ORDER BY id DESC LIMIT 1),
       (SELECT max(finished_at) FROM etl_run WHERE api_login = :login AND status = 'succeeded'),
       (SELECT coalesce(sum(inserted), 0) FROM sync_window
-        WHERE api_login = :login AND status = 'done' AND finished_at > :since)
+        WHERE api_login = :login AND status = 'done' AND finished_at > :since),
+      (SELECT count(*) FROM cdr_reject WHERE api_login = :login AND loaded_at > :since),
+      (SELECT count(*) FROM cdr_conflict WHERE api_login = :login AND loaded_at > :since)
     """
 )
 # Failed windows past the watermark, and the windows committed after the first of them that
@@ -57,6 +59,9 @@ class AccountStatus:
     rows_loaded_24h: int
     failed_windows_pending: int
     lagging: bool
+    # Records set aside for review in the last 24 h (cdr_reject, cdr_conflict).
+    rejected_24h: int = 0
+    conflicts_24h: int = 0
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,7 +92,7 @@ def account_status(
             if failed
             else []
         )
-    watermark, last_status, last_at, last_ok, rows_24h = row
+    watermark, last_status, last_at, last_ok, rows_24h, rejected_24h, conflicts_24h = row
     pending = sum(
         Window(f.window_start, f.window_end)
         not in Coverage((d.window_start, d.window_end) for d in done if d.id > f.id)
@@ -105,6 +110,8 @@ def account_status(
         rows_loaded_24h=int(rows_24h),
         failed_windows_pending=int(pending),
         lagging=lag is None or lag > alert_after.total_seconds(),
+        rejected_24h=int(rejected_24h),
+        conflicts_24h=int(conflicts_24h),
     )
 
 
@@ -112,7 +119,7 @@ def format_status(statuses: list[AccountStatus]) -> str:
     """A human-readable table."""
     lines = [
         f"{'account':<20} {'watermark':<26} {'lag':>10} {'last run':<10} {'rows 24h':>9} "
-        f"{'failed':>6}"
+        f"{'failed':>6} {'rejects 24h':>11} {'conflicts 24h':>13}"
     ]
     for s in statuses:
         lag = "never" if s.lag_seconds is None else str(timedelta(seconds=int(s.lag_seconds)))
@@ -120,6 +127,6 @@ def format_status(statuses: list[AccountStatus]) -> str:
         lines.append(
             f"{s.api_login:<20} {s.watermark or '-'!s:<26} {lag:>10} "
             f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"
-            f"{mark}"
+            f" {s.rejected_24h:>11} {s.conflicts_24h:>13}{mark}"
         )
     return "\n".join(lines)

@@ -52,3 +52,26 @@ def test_a_failed_window_is_settled_by_later_windows_covering_it_together(
 def test_a_window_committed_before_the_failure_does_not_settle_it(engine: Engine) -> None:
     _ledger(engine, ("done", 0, 20), ("failed", 5, 12))
     assert _pending(engine) == 1
+
+
+def test_rejects_and_conflicts_of_the_last_day_are_counted(engine: Engine) -> None:
+    """A NOC reading `status` sees records set aside for review (rejects, conflicts) as they
+    arrive, per account; older ones and other accounts' are not counted."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for login, digest, age in (("buyer1", "a", 1), ("buyer1", "b", 30), ("other", "c", 1)):
+            conn.execute(
+                text(
+                    "INSERT INTO cdr_reject (api_login, reason, raw, raw_digest, loaded_at)"
+                    " VALUES (:login, 'bad', '{}', :digest, :at)"
+                ),
+                {"login": login, "digest": digest, "at": now - timedelta(hours=age)},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO cdr_conflict (i_cdr, api_login, incoming_payload, payload_digest)"
+                " VALUES (1, 'buyer1', '{}', 'x'), (2, 'buyer1', '{}', 'y')"
+            )
+        )
+    status = account_status(engine, Account("buyer1", Secret("k")), now, DAY)
+    assert (status.rejected_24h, status.conflicts_24h) == (1, 2)
