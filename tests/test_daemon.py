@@ -91,6 +91,10 @@ def test_backfill_killed_halfway_resumes_without_refetching(
         _query(database_url, "SELECT window_start FROM sync_window WHERE status = 'done'")
     )
     assert 3 <= len(done_before) < 10
+    plan = run_cli(*args, "--dry-run", env=env).stdout
+    assert plan.count("done ") == len(done_before) and "already done" in plan
+    repair_plan = run_cli(*args, "--dry-run", "--repair", env=env).stdout
+    assert repair_plan.count("todo ") == 10  # a repair resumes nothing
     result = run_cli(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert f"({len(done_before)} already done by an interrupted run)" in result.stdout

@@ -100,20 +100,23 @@ def backfill(
     start, end = parse_range(date_from, date_to, settings)
     job = make_job(settings, settings.account(account), prefix, app.stop)
     if dry_run:
-        _print_plan(settings, job, start, end)
+        _print_plan(settings, job, start, end, resume=not repair)
         return
     with database(settings) as engine:
         run_backfill(engine, job, start, end, repair=repair)
 
 
-def _print_plan(settings: Settings, job: pipeline.Job, start: datetime, end: datetime) -> None:
+def _print_plan(
+    settings: Settings, job: pipeline.Job, start: datetime, end: datetime, *, resume: bool
+) -> None:
     windows = list(plan_windows(start, end, settings.window))
     done: set[tuple[datetime, datetime]] = set()
     try:
-        with database(settings) as engine:
-            done = state.backfill_windows_done(
-                engine, job.api_login, job.prefix, start, end, settings.settle_lag
-            )
+        if resume:  # (--repair reads every window again)
+            with database(settings) as engine:
+                done = state.backfill_windows_done(
+                    engine, job.api_login, job.prefix, start, end, settings.settle_lag
+                )
     except EtlError as exc:
         click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
     committed = Coverage(done)
