@@ -75,10 +75,9 @@ class MergeCounts:
     updated: int
     unchanged: int
     conflicts: int
-    # The reporting times (connect, else setup) that the stored rows it may have rewritten
-    # had: their rollup hours must be recomputed too (an update can move a CDR's hour).
-    replaced_from: datetime | None = None
-    replaced_to: datetime | None = None
+    # The UTC hours of the reporting times (connect, else setup) that the stored rows it may
+    # have rewritten had: recomputed too (an update can move a CDR to another hour).
+    replaced_hours: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -310,10 +309,9 @@ SELECT t.candidates, (SELECT count(*) FROM bad), w.inserted, w.updated,
            WHERE ((SELECT yes FROM append) OR s.seq IN (SELECT seq FROM latest WHERE NOT untouched))
              AND NOT EXISTS (SELECT FROM upserted u WHERE u.i_cdr = s.i_cdr)
        ) END,
-       r.earliest, r.latest
-FROM tally t, written w,
-     (SELECT min(stored_at) AS earliest, max(stored_at) AS latest FROM joined
-      WHERE stored AND NOT unchanged) r
+       ARRAY(SELECT DISTINCT date_trunc('hour', stored_at, 'UTC') FROM joined
+             WHERE stored AND NOT unchanged AND stored_at IS NOT NULL)
+FROM tally t, written w
 """
 
 # The rows the upsert skipped (``%(skipped)s``: one per i_cdr, the one ``latest`` picked) met a
@@ -352,8 +350,7 @@ def merge(conn: psycopg.Connection[Any], run_id: int) -> MergeCounts:
         updated=updated,
         unchanged=candidates - late - inserted - updated,
         conflicts=conflicts + late,
-        replaced_from=row[5],
-        replaced_to=row[6],
+        replaced_hours=tuple(row[5]),
     )
 
 

@@ -22,11 +22,9 @@ exclusively. The SQL views over these tables are created by migration 0002.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta, tzinfo
-from itertools import repeat
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -193,89 +191,6 @@ WITH fresh_daily AS (
 {_write("cdr_daily_cause", "fresh_cause", f"day, {_KEY}, disconnect_code", _COUNTS, "{days}")}
 SELECT {_written("cdr_daily", "cdr_daily_cause")}
 """
-
-
-class Span:
-    """The hours a window's written rows report in, beyond the window's own.
-
-    A CDR's reporting hour is its connect time (else its setup time), and which time the API
-    filters windows on is undocumented: filtered on the end of the call, a window holds calls
-    that connected up to their duration before it. ``add`` keeps the earliest and the latest
-    hour of the connect and setup times of each page a window writes (as the API wrote them,
-    in its zone); ``bounds`` widens the window's bounds to them. ``add_stored`` takes the
-    reporting times that rows a merge replaced had (an update can move a CDR to another hour:
-    the old one must be recomputed too)."""
-
-    def __init__(self, zone: tzinfo) -> None:
-        self._zone = zone
-        self._moments: list[datetime] = []  # at most two: the earliest and the latest so far
-
-    def add(self, records: Sequence[Any]) -> None:
-        heads: set[str] = set()
-        for name in _REPORTING_TIMES:
-            heads |= _earliest_and_latest(records, name)
-        hours = [hour for hour in map(self._hour, heads) if hour is not None]
-        if hours:
-            self._widen(min(start for start, _end in hours), max(end for _start, end in hours))
-
-    def add_stored(self, earliest: datetime | None, latest: datetime | None) -> None:
-        if earliest is not None and latest is not None:
-            self._widen(earliest, latest)
-
-    def bounds(self, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-        """``[start, end]`` widened to every reporting hour seen (to an instant in it: the
-        refresh recomputes the whole hours its bounds fall in)."""
-        return min([start, *self._moments]), max([end, *self._moments])
-
-    def _widen(self, low: datetime, high: datetime) -> None:
-        self._moments = [min([low, *self._moments[:1]]), max([high, *self._moments[1:]])]
-
-    def _hour(self, head: str) -> tuple[datetime, datetime] | None:
-        """The start (UTC) of local hour 'YYYY-MM-DD HH', twice: of its first and its last
-        occurrence (they differ when the hour repeats); refreshing an hour takes all of it.
-        None for text that is no hour (a value its record is rejected for)."""
-        match = _HOUR_TEXT.fullmatch(head.strip())
-        if match is None:
-            return None
-        year, month, day, hour = map(int, match.groups())
-        try:
-            naive = datetime(year, month, day, hour)
-        except ValueError:
-            return None
-        starts = [naive.replace(tzinfo=self._zone, fold=fold).astimezone(UTC) for fold in (0, 1)]
-        return min(starts), max(starts)
-
-
-_REPORTING_TIMES = ("connect_time", "setup_time")
-_HOUR_TEXT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2})")
-_ZERO = ("0000-00-00",)  # the API's "no time" (normalised to NULL), and prefixes of it
-
-
-def _earliest_and_latest(records: Sequence[Any], name: str) -> set[str]:
-    """The 'YYYY-MM-DD HH' of the earliest and the latest ``name`` of ``records``: texts in
-    the API's one format sort as times do, so C-speed passes find them on the usual page;
-    anything else (a record that is no object, a time that is no string, padded or in
-    another format) takes the slow path, every value on its own."""
-    try:
-        given = list(filter(None, map(dict.get, records, repeat(name))))
-        if not given:
-            return set()
-        low, high = min(given), max(given)
-        if low[:1] not in ("1", "2"):  # the zero date (or padding) sorts first: leave it out
-            given = [value for value in given if not value.startswith(_ZERO)]
-            if not given or not all(value[:1].isdigit() for value in given):
-                raise TypeError("padded, or not a time")
-            low = min(given)
-        if not high[:1].isdigit() or "T" in "".join(given):
-            raise TypeError("not a time, or mixed formats")
-        return {low[:13], high[:13]}
-    except TypeError:
-        found: set[str] = set()
-        for record in records:
-            value = record.get(name) if isinstance(record, dict) else None
-            if isinstance(value, str) and value.strip():
-                found.add(value.strip()[:13])
-        return found
 
 
 def refresh_days(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psycopg
 from sqlalchemy import Engine
 
-from etl import load, reporting, state
+from etl import load, reporting, rollup_hours, state
 from etl.budget import RequestBudget
 from etl.client import ApiClient, Page
 from etl.config import Settings
@@ -192,7 +192,7 @@ def load_window(
     settings = job.settings
     normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
     counts = Counts()
-    span = reporting.Span(settings.api_timezone)  # the hours the written rows report in
+    hours = rollup_hours.Hours(settings.api_timezone)  # what the rollup refresh covers
     staging = False  # once a page is staged, the rest are too (the last occurrence wins)
     for records in fetch_window(job, window) if pages is None else pages:
         job.check_stop(f"account {job.api_login}, window {window}")
@@ -205,7 +205,7 @@ def load_window(
             counts.unchanged += len(records)  # held as they are: nothing to normalise or write
             continue
         normalized = normalizer.normalize_page(records, digests)  # COPY text; PostgreSQL casts
-        span.add(records)
+        hours.add(records)
         direct = ids is not None and not stored and not normalized.rejects
         if direct and load.copy_direct(conn, normalized.copy_text):
             counts.inserted += normalized.rows  # new rows: straight into cdr
@@ -222,10 +222,10 @@ def load_window(
         counts.updated = merged.updated
         counts.unchanged += merged.unchanged
         counts.conflicts = merged.conflicts
-        span.add_stored(merged.replaced_from, merged.replaced_to)
+        hours.add_stored(merged.replaced_hours)
     if counts.inserted or counts.updated:  # unchanged rows cannot change the rollup
-        start, end = span.bounds(window.start, window.end)
-        reporting.refresh_days(conn, job.api_login, start, end)
+        for start, end in hours.ranges(window.start, window.end):  # (ascending: lock order)
+            reporting.refresh_days(conn, job.api_login, start, end)
     return counts
 
 
