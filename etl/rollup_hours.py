@@ -46,24 +46,22 @@ class Hours:
             heads |= _earliest_and_latest(records, name)
         starts = self._starts(heads)
         if starts and starts[-1] - starts[0] <= NEAR:
-            self._include(starts[0], starts[-1] + _LAST)
+            self._include([[starts[0], starts[-1] + _LAST]])
             return
-        for name in _REPORTING_TIMES:  # far apart: each hour on its own
-            for start in self._starts(_every_head(records, name)):
-                self._include(start, start + _LAST)
+        every = set().union(*(_every_head(records, name) for name in _REPORTING_TIMES))
+        self._include([hour, hour + _LAST] for hour in self._starts(every))  # each on its own
 
     def add_stored(self, hours: Iterable[datetime]) -> None:
         """The UTC hours (their starts) of the rows a merge replaced."""
-        for start in hours:
-            self._include(start, start + _LAST)
+        self._include([start, start + _LAST] for start in hours)
 
     def ranges(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
         """``[start, end]`` and the hours seen, as ascending disjoint spans of instants (the
         refresh recomputes every reporting hour a span overlaps)."""
         return [(low, high) for low, high in _merged([*self._spans, [start, end]])]
 
-    def _include(self, low: datetime, high: datetime) -> None:
-        self._spans = _merged([*self._spans, [low, high]])
+    def _include(self, spans: Iterable[list[datetime]]) -> None:
+        self._spans = _merged([*self._spans, *spans])
 
     def _starts(self, heads: Iterable[str]) -> list[datetime]:
         """The start instants (UTC) of the local hours 'YYYY-MM-DD HH', both occurrences of a
