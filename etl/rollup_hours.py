@@ -13,7 +13,8 @@ Per page, the earliest and the latest time of each column come from C-speed pass
 the API's one format sort as times do). A page whose times lie further apart than NEAR (no
 call lasts that long) is read record by record and its distinct hours kept one by one, so a
 stray time (an epoch-zero timestamp, years away) adds its own hour, not every hour between it
-and the window.
+and the window. (The records are read here rather than the normaliser's columns: the
+normalising modules' source is part of every row's digest, see etl.rowdigest.)
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import repeat
 from typing import Any
 
+from etl.fields import ZERO_TIMES
+
 HOUR = timedelta(hours=1)
 NEAR = timedelta(days=2)
 _LAST = HOUR - timedelta(microseconds=1)  # from an hour's start to its last instant
 _REPORTING_TIMES = ("connect_time", "setup_time")
 _HOUR_TEXT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2})")
-_ZERO = ("0000-00-00",)  # the API's "no time" (normalised to NULL), and prefixes of it
+_ZERO = tuple(ZERO_TIMES)  # the API's "no time" (normalised to NULL)
 
 
 class Hours:

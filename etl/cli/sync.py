@@ -111,14 +111,14 @@ def _print_plan(
 ) -> None:
     windows = list(plan_windows(start, end, settings.window))
     done: set[tuple[datetime, datetime]] = set()
-    try:
-        if resume:  # (--repair reads every window again)
+    if resume:  # (--repair reads every window again)
+        try:
             with database(settings) as engine:
                 done = state.backfill_windows_done(
                     engine, job.api_login, job.prefix, start, end, settings.settle_lag
                 )
-    except EtlError as exc:
-        click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
+        except EtlError as exc:
+            click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
     committed = Coverage(done)
     marks = ["done" if window in committed else "todo" for window in windows]
     joined = (
