@@ -17,7 +17,8 @@ fresh database:
 - ``etl``: tcxc-etl's first sync of the range (``etl.pipeline.backfill``), then ``resync``:
   the same range again, with the ``cdr`` table's write counters read around it;
 - ``etl-lean``: the same first sync into a ``cdr`` without its two search indexes
-  (``LEAN_DROPS``): what they cost a load (README, "Where the time goes"). Not a default;
+  (``LEAN_DROPS``): what they cost a load (docs/performance.md, "Where the time goes").
+  Not a default;
 - ``etl-halves``: an experiment (not a default): two first syncs at once, each in its own
   process over half of the range with one fetch slot (``variants.py``).
 

@@ -11,7 +11,7 @@ database and prints one JSON line: wall and CPU seconds, peak RSS, what it did. 
 - ``etl``: tcxc-etl itself (``etl.pipeline.backfill``), first sync or re-sync alike;
 - ``etl-halves``: an experiment, not something tcxc-etl does by itself: two ``etl`` first
   syncs at once, each in its own process over half of the range with one fetch slot: what
-  the load reaches when two interpreters share it (README, "Where the time goes");
+  the load reaches when two interpreters share it (docs/performance.md, "Two interpreters");
 - ``etl-accounts``: tcxc-etl's multi-account path: one incremental pass
   (``etl.passes.run_all``) over every account of the simulator (``accounts`` in the args, see
   ``common.simulator_accounts``), all at once, ``workers`` (default 1) fetch slots each.

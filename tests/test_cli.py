@@ -202,6 +202,22 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     assert [name for name in SETTINGS if f"`{name}`" not in readme] == []
 
 
+@pytest.mark.parametrize("doc", ["README.md", "docs/performance.md", "docs/queries.md"])
+def test_documents_name_files_that_exist(doc: str) -> None:
+    """Every relative link and every `bench/...`, `etl/...` or `docs/...` path a document
+    names exists in the repository (results files are written by the bench, so they are
+    only checked to sit under bench/results/)."""
+    text = (ROOT / doc).read_text()
+    links = re.findall(r"\]\(([^)#:]+)\)", text)
+    named = re.findall(r"`((?:bench|etl|docs|migrations|tests)/[\w./-]+)`", text)
+    missing = [
+        path
+        for path in {*links, *named}
+        if not path.startswith("bench/results/") and not (ROOT / path).exists()
+    ]
+    assert missing == [], f"{doc} names missing files: {missing}"
+
+
 @pytest.mark.parametrize("path", ["docker-compose.yml"])
 def test_compose_file_is_valid(path: str) -> None:
     """docker-compose.yml parses and its services run tcxc-etl commands (and options) that
