@@ -125,7 +125,8 @@ class Settings:
         return bool(self.database_url)
 
     def require_credentials(self) -> None:
-        """Raise ConfigError naming each API credential that is missing."""
+        """Raise ConfigError naming each API credential that is missing (the accounts of a
+        config file were checked when it was read)."""
         if self.configured_accounts:
             return
         problems = []
@@ -227,7 +228,15 @@ def _database_url(text: str) -> Secret:
     scheme = text.split("://", 1)[0] if "://" in text else ""
     if not scheme.startswith("postgresql") and scheme != "postgres":
         raise ValueError("must be a postgresql:// URL (or postgresql+psycopg://)")
+    # libpq would read the part after a second '@' as the host and quote it in its error.
+    if text.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
+        raise ValueError("its user or password holds '@': write it as %40")
     return Secret(text)
+
+
+def _without_userinfo(text: str) -> str:
+    """``text`` with anything between '://' and an '@' of the authority shown as ***."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", text)
 
 
 def _timezone(text: str) -> ZoneInfo:
@@ -285,16 +294,19 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
 SECRET_SETTINGS = frozenset({"TCXC_API_KEY", "DATABASE_URL"})
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    """The file's settings by their environment names; what is wrong with it joins
+    ``problems`` (so that the environment's own problems are reported with them)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"--config {path}: cannot read the file ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"--config {path}: not a UTF-8 text file"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"--config {path}: not valid TOML ({exc})"]) from None
     known = {name.lower(): name for name in SETTINGS}
     values: dict[str, Any] = {}
-    problems = []
     for key, value in data.items():
         if key == "accounts":
             if isinstance(value, list):
@@ -307,8 +319,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
             problems.append(f"--config {path}: {key} must be a single value")
         else:
             values[known[key.lower()]] = str(value)
-    if problems:
-        raise ConfigError(problems)
     return values
 
 
@@ -354,8 +364,13 @@ def _account_key(
         except OSError as exc:
             problems.append(f"{where}: cannot read key_file {path} ({exc.strerror})")
             return ""
+        except UnicodeDecodeError:
+            problems.append(f"{where}: key_file {path} is not UTF-8 text")
+            return ""
         if path.stat().st_mode & 0o077:
             log.warning("key_file %s can be read by other users: chmod 600 it", path)
+        if not key:
+            problems.append(f"{where}: key_file {path} is empty")
         return key
     problems.append(f"{where}: needs key_env (an environment variable) or key_file")
     return ""
@@ -363,12 +378,12 @@ def _account_key(
 
 def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
     """Build Settings from a TOML file and the environment, or raise one ConfigError."""
-    raw = _read_toml(config_path) if config_path else {}
+    problems: list[str] = []
+    raw = _read_toml(config_path, problems) if config_path else {}
     if config_path and raw.get("TCXC_API_KEY") and config_path.stat().st_mode & 0o077:
         log.warning("%s holds an API key and can be read by other users: chmod 600 it", config_path)
     raw.update({name: env[name] for name in SETTINGS if env.get(name, "") != ""})
     values: dict[str, Any] = {}
-    problems: list[str] = []
     if "accounts" in raw:
         values["configured_accounts"] = tuple(_accounts(raw.pop("accounts"), env, problems))
     for name, text in raw.items():
@@ -376,7 +391,7 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
         try:
             values[attr] = parse(text)
         except ValueError as exc:
-            shown = "(hidden)" if name in SECRET_SETTINGS else repr(text)
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(_without_userinfo(text))
             problems.append(f"{name}={shown}: {exc}")
     if problems:
         raise ConfigError(problems)

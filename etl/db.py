@@ -133,14 +133,14 @@ SCHEMA_REVISION = "0005"
 def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
     """Fail with what to do unless the database holds this version's schema. With ``upgrade``
     (the embedded database, which is tcxc-etl's own) a missing or older schema is migrated."""
-    versions = _schema_versions(engine)
+    versions = schema_versions(engine)
     if versions == [SCHEMA_REVISION]:
         return
     if upgrade and all(version < SCHEMA_REVISION for version in versions):
         migrate(engine)
         log.info(
             "migrated the embedded database from %s to revision %s",
-            ", ".join(versions) or "an empty database",
+            describe_versions(versions),
             SCHEMA_REVISION,
         )
         return
@@ -160,7 +160,13 @@ def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
     )
 
 
-def _schema_versions(engine: Engine) -> list[str]:
+def describe_versions(versions: list[str]) -> str:
+    """Revisions read by ``schema_versions``, as a log line or message says them."""
+    return ", ".join(sorted(versions)) or "an empty database"
+
+
+def schema_versions(engine: Engine) -> list[str]:
+    """The database's alembic revisions ([] when it has no tcxc-etl schema)."""
     with database_errors("reading the schema version"), engine.connect() as conn:
         present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
         if not present.scalar_one():

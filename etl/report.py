@@ -29,7 +29,7 @@ def build_report(engine: Engine, limit: int = 5) -> str:
         vendors = conn.execute(_ASR_BY_VENDOR).all()
     lines = [
         f"CDRs in the warehouse: {total:,} ({answered:,} answered), spend {spend:.2f}",
-        f"  connect_time from {first} to {last}",
+        f"  connect_time from {first} to {last}" if total else "  no CDRs loaded yet",
         f"  rejected records: {rejects:,}; i_cdr conflicts: {conflicts:,}",
         "",
         f"Top {limit} destinations by spend:",

@@ -108,6 +108,47 @@ def test_missing_credentials_exit_2(database_url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "given", "missing"),
+    [
+        (("sync",), "TCXC_API_LOGIN", "TCXC_API_KEY"),
+        (
+            ("backfill", "--from", "2026-09-21", "--to", "2026-09-22"),
+            "TCXC_API_KEY",
+            "TCXC_API_LOGIN",
+        ),
+        (
+            ("verify", "--from", "2026-09-21", "--to", "2026-09-22"),
+            "TCXC_API_LOGIN",
+            "TCXC_API_KEY",
+        ),
+    ],
+)
+def test_half_the_credentials_exit_2_before_any_request(
+    sim: Simulator, database_url: str, args: tuple[str, ...], given: str, missing: str
+) -> None:
+    """A login without a key (or a key without a login) is a configuration error naming the
+    missing setting: no request reaches the API and no run is recorded."""
+    env = sim_env(sim, database_url)
+    env[missing] = ""
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert missing in result.stderr and "key-one" not in result.stderr
+    assert sim.requests_served == 0
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM etl_run").fetchone() == (0,)
+
+
+def test_status_needs_no_api_key(database_url: str) -> None:
+    """status reads the database only: a login is enough (no key), and with no login at all
+    it names TCXC_API_LOGIN alone."""
+    only_login = run_cli("status", env={"DATABASE_URL": database_url, "TCXC_API_LOGIN": "a"})
+    assert "TCXC_API_KEY" not in only_login.stderr and "a" in only_login.stdout
+    nothing = run_cli("status", env={"DATABASE_URL": database_url})
+    assert nothing.returncode == 2
+    assert "TCXC_API_LOGIN" in nothing.stderr and "TCXC_API_KEY" not in nothing.stderr
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ("status",),
@@ -160,11 +201,20 @@ def test_bad_dates_exit_2() -> None:
 
 
 def test_migrate_on_an_empty_database(empty_database_url: str) -> None:
-    """`migrate` creates the schema and says so."""
+    """`migrate` creates the schema and says what it did; run again, it says there was
+    nothing to do."""
+    from etl.db import SCHEMA_REVISION
+
     result = run_cli("migrate", env={"DATABASE_URL": empty_database_url})
     assert result.returncode == 0, result.stderr
+    assert (
+        f"migrated the database schema from an empty database to revision {SCHEMA_REVISION}"
+        in result.stdout
+    )
     with psycopg.connect(empty_database_url) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    again = run_cli("migrate", env={"DATABASE_URL": empty_database_url})
+    assert f"already at revision {SCHEMA_REVISION}" in again.stdout, again.stdout
 
 
 @pytest.mark.parametrize("args", [("status",), ("sync",), ("report",)])
@@ -299,3 +349,15 @@ def test_simulator_serves_several_accounts() -> None:
     bad = run_cli("simulate", "--port", "0", "--account", "just-a-secret-key")
     assert bad.returncode == 2 and "--account" in bad.stderr, bad.stderr
     assert "just-a-secret-key" not in bad.stderr + bad.stdout
+
+
+def test_report_on_an_empty_warehouse_and_a_bad_limit(database_url: str) -> None:
+    """report on a warehouse with no CDRs says so (no 'from None to None'); a --limit below 1
+    is a usage error (exit 2) naming the option, not a database error."""
+    env = {"DATABASE_URL": database_url}
+    empty = run_cli("report", env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert "None" not in empty.stdout and "no CDRs loaded yet" in empty.stdout
+    negative = run_cli("report", "--limit", "-3", env=env)
+    assert negative.returncode == 2 and "--limit" in negative.stderr
+    assert "database" not in negative.stderr

@@ -93,3 +93,76 @@ def test_a_cron_expression_apscheduler_refuses_is_a_configuration_error(value: s
         load_settings({"TCXC_DEEP_SYNC_CRON": value})
     assert "TCXC_DEEP_SYNC_CRON" in str(info.value) and "cron expression" in str(info.value)
     assert load_settings({"TCXC_DEEP_SYNC_CRON": "*/15 2-5 * * mon-fri"}).deep_sync_cron
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"TCXC_API_LOGIN": "demo"}, "TCXC_API_KEY"),
+        ({"TCXC_API_KEY": "k3y-only"}, "TCXC_API_LOGIN"),
+    ],
+)
+def test_half_the_credentials_is_a_configuration_error(env: dict[str, str], missing: str) -> None:
+    """A login without a key (or a key without a login) names what is missing, instead of
+    sending a request that is bound to fail as a bad signature (and leaves failed runs)."""
+    settings = load_settings(env)
+    with pytest.raises(ConfigError) as info:
+        settings.require_credentials()
+    assert missing in str(info.value) and "k3y-only" not in str(info.value)
+
+
+def _account_with_key_file(folder: Path, key_bytes: bytes) -> Path:
+    """A config file of one account whose key_file (mode 600) holds ``key_bytes``."""
+    key = folder / "key"
+    key.write_bytes(key_bytes)
+    key.chmod(0o600)
+    path = folder / "tcxc.toml"
+    path.write_text(f'[[accounts]]\nlogin = "a"\nkey_file = "{key}"\n')
+    return path
+
+
+def test_an_empty_key_file_is_a_configuration_error(tmp_path: Path) -> None:
+    """An [[accounts]] key_file holding nothing is refused when the settings load, as an
+    empty key_env variable is."""
+    with pytest.raises(ConfigError, match=r"key_file .* is empty"):
+        load_settings({}, _account_with_key_file(tmp_path, b"\n"))
+
+
+def test_files_that_are_not_utf8_are_configuration_errors(tmp_path: Path) -> None:
+    """A config file or key file of other bytes is one line naming the file, not a crash."""
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_settings({}, binary)
+    with pytest.raises(ConfigError, match=r"key_file .*UTF-8"):
+        load_settings({}, _account_with_key_file(tmp_path, b"\xff\xfe"))
+
+
+def test_an_unknown_toml_key_does_not_hide_the_other_problems(tmp_path: Path) -> None:
+    """Every problem at once: a misspelt key, a bad value in the file, a bad account and a
+    bad environment value all show in one error."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('tcxc_windw = "6h"\ntcxc_page_size = 0\n[[accounts]]\nlogin = "a"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TCXC_WORKERS": "0"}, path)
+    text = str(info.value)
+    for name in ("tcxc_windw", "TCXC_PAGE_SIZE", "key_env", "TCXC_WORKERS"):
+        assert name in text, text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("TCXC_API_URL", "http://user:s3cretpw@127.0.0.1/x", "s3cretpw"),
+        ("DATABASE_URL", "postgresql://etl:pa@ss-w0rd@db.example.com/tcxc", "ss-w0rd"),
+    ],
+)
+def test_credentials_in_a_url_are_never_echoed(name: str, value: str, secret: str) -> None:
+    """A URL carrying credentials is refused (the API URL) or checked before libpq can
+    quote part of the password as a host name (an unescaped '@' in it), and the message
+    shows no part of the password."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert name in str(info.value) and secret not in str(info.value)
+    if name == "DATABASE_URL":
+        assert "%40" in str(info.value)

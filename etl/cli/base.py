@@ -83,6 +83,8 @@ def make_job(
     observe: Callable[[str, str], None] | None = None,
 ) -> pipeline.Job:
     """A job for one account (``prefix`` overrides the account's own)."""
+    if not account.login or not account.key:
+        settings.require_credentials()  # names what is missing (a login without a key, ...)
     client = ApiClient(
         settings.api_url,
         account.login,

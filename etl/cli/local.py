@@ -17,7 +17,13 @@ from etl.errors import UsageError
 
 
 @cli.command()
-@click.option("--limit", default=5, show_default=True, help="Rows in the top lists.")
+@click.option(
+    "--limit",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows in the top lists.",
+)
 @click.pass_obj
 def report(app: AppContext, limit: int) -> None:
     """Print rows loaded, top destinations by spend and ASR by vendor."""
