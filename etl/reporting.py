@@ -142,6 +142,10 @@ def _written(*targets: str) -> str:
 
 
 _HOURLY_KEY = f"hour_start, {_KEY}, disconnect_code"
+# The calls whose time to answer counts: answered, with both times, not connected before they
+# were set up (NULL compares false: no connect time, or no setup time, counts in neither the
+# seconds nor the calls, so it cannot pull avg_tta_seconds down).
+_RINGS = "duration > 0 AND connect_time >= setup_time"
 # 1. The chosen hours of cdr_hourly, from one pass over their CDRs.
 _REFRESH_HOURS = f"""
 WITH fresh AS (
@@ -157,8 +161,8 @@ WITH fresh AS (
                coalesce(sum(duration) FILTER (WHERE duration > 0), 0) AS duration_seconds,
                coalesce(sum(customer_amount), 0) AS spend,
                coalesce(sum(extract(epoch FROM connect_time - setup_time))
-                   FILTER (WHERE duration > 0 AND setup_time IS NOT NULL), 0) AS tta_seconds,
-               count(*) FILTER (WHERE duration > 0 AND setup_time IS NOT NULL) AS tta_calls,
+                   FILTER (WHERE {_RINGS}), 0) AS tta_seconds,
+               count(*) FILTER (WHERE {_RINGS}) AS tta_calls,
                count(issue) AS cost_mismatches,
                coalesce(sum(customer_amount - {_RATED}) FILTER (WHERE issue IS NOT NULL), 0)
                    AS cost_difference

@@ -152,8 +152,9 @@ class Measures:
         if call.answered:
             self.answered += 1
             self.billed += call.billed or 0
-            self.tta += int((call.connect - call.setup).total_seconds())
-            self.tta_calls += 1
+            if call.connect is not None and call.setup is not None and call.connect >= call.setup:
+                self.tta += int((call.connect - call.setup).total_seconds())
+                self.tta_calls += 1
         else:
             self.failed += 1
         if call.issue:
@@ -362,6 +363,41 @@ def test_kpis_on_hand_made_calls_have_the_known_answers(
         " FROM v_cost_check WHERE country_name = 'Testland'",
     )
     assert check == [(900000001, 102, Decimal("0.066000"), Decimal("-0.016000"), "amount")]
+
+
+def test_time_to_answer_counts_only_calls_with_a_ring_time(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """avg_tta_seconds averages the answered calls whose ring time is known: one with no
+    connect time (the API's zero date) or a connect time before its setup time adds to
+    neither the seconds nor the count, so it cannot pull the average down."""
+    with Simulator(replace(sim_config, cdrs=1)) as sim:
+        base = dict(sim.records("buyer1")[0])
+        base.update(country_name="Ringland", vendor_name="V", i_vendor="7", duration="40")
+        plan = [  # setup, connect
+            ("2026-09-25 10:00:00", "2026-09-25 10:00:04"),  # 4 s of ringing
+            ("2026-09-25 10:01:00", "2026-09-25 10:01:06"),  # 6 s
+            ("2026-09-25 10:02:00", "0000-00-00 00:00:00"),  # no connect time
+            ("2026-09-25 10:03:10", "2026-09-25 10:03:00"),  # connected before set up
+        ]
+        for k, (setup, connect) in enumerate(plan):
+            sim.publish(
+                "buyer1",
+                _record(
+                    base,
+                    900000101 + k,
+                    setup_time=setup,
+                    connect_time=connect,
+                    disconnect_time="2026-09-25 10:05:00",
+                ),
+            )
+        sync(sim, engine, database_url, ["buyer1"])
+    rows = query(
+        pg,
+        "SELECT answered, tta_seconds, tta_calls, avg_tta_seconds FROM v_daily_kpi"
+        " WHERE country_name = 'Ringland'",
+    )
+    assert rows == [(4, Decimal("10"), 2, Decimal("5.0"))]
 
 
 # --- the rollup and the views against Python --------------------------------------------------
