@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -142,6 +143,53 @@ _REDACTOR = RedactingFilter()
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"tcxc-etl: error: {_REDACTOR.redact(message)}", err=True)
     sys.exit(code)
+
+
+def exit_now(message: str, code: int) -> NoReturn:
+    """Say ``message`` as ``_fail`` does and end the process at once, without waiting for its
+    other threads (a fetch slot can hang in a request for up to TCXC_READ_TIMEOUT): the
+    database connections they hold close with the process, which rolls back their
+    transactions."""
+    click.echo(f"tcxc-etl: error: {_REDACTOR.redact(message)}", err=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@contextmanager
+def stop_on_signal(app: AppContext) -> Iterator[None]:
+    """SIGTERM or SIGINT (Ctrl-C) asks the block's work to stop, as the daemon does: open
+    windows roll back at their next page boundary and no new one starts, so the command ends
+    with what committed (a backfill says to run it again to resume). If it has not ended
+    within TCXC_STOP_TIMEOUT (a request can hang for TCXC_READ_TIMEOUT), or on a second
+    signal, the process exits 1 at once; PostgreSQL rolls back what was open."""
+    timeout = app.settings.stop_timeout
+    timers: list[threading.Timer] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if app.stop.is_set():
+            exit_now(f"{name} again: stopped at once; open windows are rolled back", 1)
+        log.warning("received %s: stopping (open windows roll back); again to exit at once", name)
+        app.stop.set()
+        message = (
+            f"did not stop within TCXC_STOP_TIMEOUT ({timeout}) of {name}; "
+            "open windows are rolled back as the process exits"
+        )
+        timer = threading.Timer(timeout.total_seconds(), exit_now, (message, 1))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for timer in timers:
+            timer.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

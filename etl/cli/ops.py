@@ -9,7 +9,7 @@ import click
 import orjson
 import psycopg
 
-from etl.cli.base import AppContext, cli, database, make_job, parse_range
+from etl.cli.base import AppContext, cli, database, make_job, parse_range, stop_on_signal
 from etl.errors import EtlError
 from etl.grants import grant_readonly
 from etl.verify import KINDS, DayCounts, Example, VerifyReport, verify_range
@@ -40,7 +40,7 @@ def verify(
     settings = app.settings
     start, end = parse_range(date_from, date_to, settings)
     job = make_job(settings, settings.account(account), prefix, app.stop)
-    with database(settings) as engine:
+    with stop_on_signal(app), database(settings) as engine:
         report = verify_range(engine, job, start, end)
     if as_json:
         click.echo(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2).decode())

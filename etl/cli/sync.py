@@ -13,7 +13,16 @@ import orjson
 from sqlalchemy import Engine
 
 from etl import db, pipeline, state
-from etl.cli.base import AppContext, cli, database, make_job, parse_range, summary_line
+from etl.cli.base import (
+    AppContext,
+    cli,
+    database,
+    exit_now,
+    make_job,
+    parse_range,
+    stop_on_signal,
+    summary_line,
+)
 from etl.config import Settings
 from etl.errors import ConfigError, EtlError
 from etl.locks import account_lock
@@ -109,7 +118,7 @@ def backfill(
     if dry_run:
         _print_plan(settings, job, start, end, resume=not repair)
         return
-    with database(settings) as engine:
+    with stop_on_signal(app), database(settings) as engine:
         run_backfill(engine, job, start, end, repair=repair)
 
 
@@ -175,7 +184,7 @@ def _report(result: PassResult) -> None:
 def sync(app: AppContext, deep: bool) -> None:
     """One incremental pass for every configured account, then exit (for cron)."""
     jobs = _jobs(app)
-    with database(app.settings) as engine:
+    with stop_on_signal(app), database(app.settings) as engine:
         results = run_all(engine, jobs, DEEP if deep else INCREMENTAL, on_result=_report)
     failed = [r for r in results if not r.ok]
     if failed:
@@ -225,10 +234,11 @@ def daemon(app: AppContext) -> None:
             serve(metrics, settings.metrics_port, lambda: _statuses(engine, settings))
         scheduler = build_scheduler(settings, *daemon_passes(engine, jobs, metrics))
         clean = run_until_signalled(scheduler, app.stop, settings.stop_timeout.total_seconds())
-    if not clean:
-        raise EtlError(
+    if not clean:  # a thread may still wait on a request: do not wait for it at exit
+        exit_now(
             f"the running pass did not stop within TCXC_STOP_TIMEOUT ({settings.stop_timeout}); "
-            "its open window was rolled back"
+            "its open window is rolled back as the process exits",
+            1,
         )
 
 
