@@ -7,6 +7,7 @@ Secrets are held in ``Secret`` so that no repr, log line or error can show them.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import re
@@ -90,6 +91,7 @@ class Settings:
     deep_sync_cron: str = "30 3 * * *"
     lag_alert: timedelta = timedelta(hours=2)
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     stop_timeout: timedelta = timedelta(seconds=60)
     workers: int = 2
     parallel_accounts: int = 4
@@ -224,6 +226,15 @@ def _api_url(text: str) -> str:
     return text
 
 
+def _bind_address(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise ValueError(
+            "must be an IPv4 address to listen on, such as 127.0.0.1 (0.0.0.0: every interface)"
+        ) from None
+
+
 def _database_url(text: str) -> Secret:
     scheme = text.split("://", 1)[0] if "://" in text else ""
     if not scheme.startswith("postgresql") and scheme != "postgres":
@@ -285,6 +296,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_DEEP_SYNC_CRON": ("deep_sync_cron", _cron),
     "TCXC_LAG_ALERT": ("lag_alert", parse_duration),
     "TCXC_METRICS_PORT": ("metrics_port", _int_in(1024, 65535)),
+    "TCXC_METRICS_HOST": ("metrics_host", _bind_address),
     "TCXC_STOP_TIMEOUT": ("stop_timeout", parse_duration),
     "TCXC_WORKERS": ("workers", _int_in(1, 32)),
     "TCXC_PARALLEL_ACCOUNTS": ("parallel_accounts", _int_in(1, 64)),

@@ -18,6 +18,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from etl.errors import ConfigError
 from etl.status import AccountStatus
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,13 @@ class Metrics:
 
 
 def serve(
-    metrics: Metrics, port: int, read_statuses: Callable[[], list[AccountStatus]]
+    metrics: Metrics,
+    host: str,
+    port: int,
+    read_statuses: Callable[[], list[AccountStatus]],
 ) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on 127.0.0.1:port in a daemon thread."""
+    """Serve /metrics and /healthz on host:port in a daemon thread (TCXC_METRICS_HOST,
+    TCXC_METRICS_PORT); a port that cannot be bound is a ConfigError naming the settings."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -120,8 +125,13 @@ def serve(
         def log_message(self, format: str, *args: object) -> None:
             log.debug("metrics request " + format, *args)
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(
+            [f"TCXC_METRICS_PORT={port}: cannot listen on {host}:{port} ({exc.strerror})"]
+        ) from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    log.info("metrics on http://127.0.0.1:%d/metrics and /healthz", port)
+    log.info("metrics on http://%s:%d/metrics and /healthz", host, port)
     return server

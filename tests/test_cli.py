@@ -277,6 +277,8 @@ def test_compose_file_is_valid(path: str) -> None:
     services = yaml.safe_load((ROOT / path).read_text())["services"]
     assert {"postgres", "migrate", "daemon", "simulator"} <= set(services)
     assert services["simulator"]["profiles"] == ["simulator"]
+    from etl.config import SETTINGS
+
     for name, service in services.items():
         command = service.get("command")
         if isinstance(command, list) and command[0] == "tcxc-etl":
@@ -284,6 +286,15 @@ def test_compose_file_is_valid(path: str) -> None:
             options = {flag for p in cli.commands[command[1]].params for flag in p.opts}
             unknown = [word for word in command[2:] if word.startswith("--")]
             assert set(unknown) <= options, f"{name} passes unknown options {unknown}"
+        environment = service.get("environment", {})
+        if command and command[0] == "tcxc-etl":
+            assert set(environment) <= set(SETTINGS), f"{name} sets unknown settings"
+        if "TCXC_METRICS_PORT" in environment:
+            # Inside a container 127.0.0.1 is the container's own: bind every address there
+            # and publish the port on the host's loopback only.
+            port = environment["TCXC_METRICS_PORT"]
+            assert environment.get("TCXC_METRICS_HOST") == "0.0.0.0", name
+            assert any(p.endswith(f":{port}") for p in service.get("ports", [])), name
 
 
 def test_module_runs_with_help(tmp_path: Path) -> None:
@@ -361,3 +372,30 @@ def test_report_on_an_empty_warehouse_and_a_bad_limit(database_url: str) -> None
     negative = run_cli("report", "--limit", "-3", env=env)
     assert negative.returncode == 2 and "--limit" in negative.stderr
     assert "database" not in negative.stderr
+
+
+@pytest.mark.parametrize("command", ["daemon", "simulate"])
+def test_a_port_in_use_is_one_line_naming_the_setting(
+    sim: Simulator, database_url: str, command: str
+) -> None:
+    """The daemon's metrics port (or the simulator's --port) taken by another program:
+    exit 2 and one line naming the setting, not an internal error."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        if command == "daemon":
+            env, args, named = (
+                sim_env(sim, database_url, CLI_ENV, TCXC_METRICS_PORT=port),
+                (),
+                "TCXC_METRICS_PORT",
+            )
+        else:
+            env, args, named = {}, ("--port", port, "--cdrs", "10"), "--port"
+        result = run_cli(command, *args, env=env)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    assert "internal error" not in result.stderr

@@ -119,13 +119,19 @@ def simulate(
         live=live,
     )
     sim = Simulator(config)
+    try:
+        url = sim.url  # binds the port
+    except OSError as exc:
+        raise UsageError(
+            f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})"
+        ) from None
     if fault_rate:
         sim.set_fault_rate(fault_rate, ["429", "500", "503", "truncated", "html"], seed=seed)
     logins = ", ".join(repr(name) for name in accounts)
-    click.echo(f"TCXC simulator listening on {sim.url} (logins {logins}); Ctrl-C stops it")
+    click.echo(f"TCXC simulator listening on {url} (logins {logins}); Ctrl-C stops it")
     if live:
         click.echo(f"  live: {cdrs:,} calls every {days} days, each served once it has ended")
-    click.echo(f"  TCXC_API_URL={sim.url} TCXC_API_LOGIN={login} TCXC_API_KEY=<the --key value>")
+    click.echo(f"  TCXC_API_URL={url} TCXC_API_LOGIN={login} TCXC_API_KEY=<the --key value>")
     try:
         sim.serve_forever()
     except KeyboardInterrupt:

@@ -231,7 +231,12 @@ def daemon(app: AppContext) -> None:
     jobs = _jobs(app, metrics.observer)
     with database(settings) as engine:
         if settings.metrics_port:
-            serve(metrics, settings.metrics_port, lambda: _statuses(engine, settings))
+            serve(
+                metrics,
+                settings.metrics_host,
+                settings.metrics_port,
+                lambda: _statuses(engine, settings),
+            )
         scheduler = build_scheduler(settings, *daemon_passes(engine, jobs, metrics))
         clean = run_until_signalled(scheduler, app.stop, settings.stop_timeout.total_seconds())
     if not clean:  # a thread may still wait on a request: do not wait for it at exit
