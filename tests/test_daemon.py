@@ -309,3 +309,20 @@ def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> N
     text = generate_latest(metrics.registry).decode()
     assert f'tcxc_runs_total{{kind="{INCREMENTAL}",status="succeeded"}} 2.0' in text, text
     assert f'tcxc_runs_total{{kind="{DEEP}",status="succeeded"}} 1.0' in text, text
+
+
+def test_a_pass_that_cannot_reach_the_database_counts_as_failed(sim: Simulator) -> None:
+    """A daemon pass whose database is down is counted in tcxc_runs_total as failed (the run
+    row cannot be written, but the failure must still show on a dashboard)."""
+    from etl import db
+
+    settings = make_settings(sim, start_date=datetime(2026, 9, 21))
+    metrics = Metrics()
+    down = db.make_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        incremental, _deep = daemon_passes(down, [make_job(settings)], metrics)
+        incremental()
+    finally:
+        down.dispose()
+    text = generate_latest(metrics.registry).decode()
+    assert f'tcxc_runs_total{{kind="{INCREMENTAL}",status="failed"}} 1.0' in text, text

@@ -207,6 +207,9 @@ def daemon_passes(
         def record(result: PassResult) -> None:
             if result.summary is not None:
                 metrics.runs.labels(kind, result.summary.status).inc()
+            elif result.error is not None:  # no run row (say, the database is down)
+                metrics.runs.labels(kind, "failed").inc()
+            # (skipped: another process is syncing the account; that process counts it)
 
         return record
 
