@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from etl.errors import UsageError
 
@@ -41,7 +41,15 @@ class Window:
 
 
 def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Window]:
-    """Cut ``[start, end]`` into windows of ``size`` (the last one may be shorter)."""
+    """Cut ``[start, end]`` into windows of ``size`` (the last one may be shorter).
+
+    The grid is the bounds' wall clock (a 1-day window runs midnight to midnight across a DST
+    change), which keeps the API's texts contiguous. A grid time that does not exist there
+    (the hour a spring change skips) becomes the first instant after that gap, and a window
+    left empty by it is dropped: each bound is a real instant and the windows follow each
+    other, so the ledger never holds a window that ends before it starts (nor one whose
+    instants are another's, which a resumed backfill would take for done).
+    """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("window bounds must be timezone-aware")
     if end <= start:
@@ -50,10 +58,41 @@ def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Wi
         raise ValueError("the window size must be at least one second")
     cursor = start.replace(microsecond=0)
     final = end.replace(microsecond=0) + (timedelta(seconds=1) if end.microsecond else timedelta())
+    lower = _existing(cursor)
     while cursor < final:
-        upper = min(cursor + size, final)
-        yield Window(cursor, upper)
-        cursor = upper
+        cursor = min(cursor + size, final)  # wall-clock arithmetic within the zone
+        upper = _existing(cursor)
+        if _instant(lower) < _instant(upper):
+            yield Window(lower, upper)
+            lower = upper
+
+
+def _instant(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def _exists(moment: datetime) -> bool:
+    return _instant(moment).astimezone(moment.tzinfo).replace(tzinfo=None) == moment.replace(
+        tzinfo=None
+    )
+
+
+def _existing(moment: datetime) -> datetime:
+    """``moment`` if its wall-clock time exists in its zone, else the first instant after the
+    gap that skips it (as a time of that zone)."""
+    if _exists(moment):
+        return moment
+    # In a gap, fold=1 reads the time with the offset after the change (an instant before
+    # it) and fold=0 with the one before (an instant after it): the change lies between.
+    before, after = _instant(moment.replace(fold=1)), _instant(moment.replace(fold=0))
+    wall = moment.replace(tzinfo=None)
+    while after - before > timedelta(seconds=1):  # the first second whose wall time is later
+        middle = before + timedelta(seconds=(after - before) // timedelta(seconds=2))
+        if middle.astimezone(moment.tzinfo).replace(tzinfo=None) > wall:
+            after = middle
+        else:
+            before = middle
+    return after.astimezone(moment.tzinfo)
 
 
 # A coalesced window never spans more than this, however sparse the account: offset paging

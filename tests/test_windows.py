@@ -105,3 +105,52 @@ def test_coverage_is_the_union_of_committed_windows(
     halves = [window.start + (k + 0.5) * hour for k in range(probe[1])] + [window.start]
     expected = all(any(s <= t <= e for s, e in committed) for t in [*halves, window.end])
     assert (window in Coverage(committed)) == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "size"),
+    [
+        ("Europe/London", datetime(2026, 3, 29), timedelta(minutes=30)),  # 01:00 -> 02:00
+        ("Europe/London", datetime(2026, 10, 25), timedelta(minutes=30)),  # 02:00 -> 01:00
+        ("Australia/Lord_Howe", datetime(2026, 10, 4), timedelta(minutes=20)),  # a 30-min gap
+        ("America/New_York", datetime(2026, 3, 8), timedelta(hours=1)),
+    ],
+)
+def test_windows_across_a_dst_change_are_real_instants_with_contiguous_texts(
+    zone: str, day: datetime, size: timedelta
+) -> None:
+    """Sub-day windows in a zone that changes its clocks: every bound is a time that exists
+    there (a wall-clock time in the spring gap is no instant: stored, it would make a window
+    end before it starts, and a resumed backfill could take a real window for done), the
+    windows follow each other as instants, and their API texts still tile the day's local
+    times with no gap, so the API is asked for every record it holds."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    start, end = day.replace(tzinfo=tz), (day + timedelta(days=1)).replace(tzinfo=tz)
+    windows = list(plan_windows(start, end, size))
+    for window in windows:
+        for bound in (window.start, window.end):
+            back = bound.astimezone(UTC).astimezone(tz)
+            assert back.replace(tzinfo=None) == bound.replace(tzinfo=None), (
+                f"{bound} does not exist"
+            )
+        assert window.start.astimezone(UTC) < window.end.astimezone(UTC), window
+    for before, after in itertools.pairwise(windows):
+        assert before.end.astimezone(UTC) == after.start.astimezone(UTC)
+    texts = [w.api_params(tz) for w in windows]
+    assert texts[0]["date_from"] == day.strftime("%Y-%m-%d %H:%M:%S")
+    assert texts[-1]["date_to"] == (day + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
+    for before, after in itertools.pairwise(texts):
+        assert before["date_to"] == after["date_from"]
+    # A resumed backfill: each planned window is covered by the committed windows only once
+    # they include that window itself (its instants), never by a neighbour's.
+    for k, window in enumerate(windows):
+        others = Coverage(
+            (w.start.astimezone(UTC), w.end.astimezone(UTC)) for w in windows if w != window
+        )
+        if 0 < k < len(windows) - 1:
+            assert window in Coverage(
+                (w.start.astimezone(UTC), w.end.astimezone(UTC)) for w in windows
+            )
+        assert window not in others or window.start == window.end
