@@ -24,7 +24,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,6 +71,10 @@ from etl.pgtext import (
     utc_offset_text,
 )
 
+# How far past the sync a record's time may lie (a clock or zone set wrong at either end)
+# before the record is set aside: a call cannot have happened later than it was fetched, and
+# one stray year-2099 CDR would take over every "latest day" of the reporting views.
+FUTURE_LIMIT = timedelta(days=1)
 MAX_DECIMAL_DIGITS = 30
 MAX_DECIMAL_SCALE = 12
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
@@ -152,12 +156,31 @@ ROW_COLUMNS: tuple[str, ...] = (*FIELDS, "api_login", "payload_digest", "raw")
 class Normalizer:
     """Turns raw records of one account into rows of ROW_COLUMNS; holds no state per row."""
 
-    def __init__(self, api_login: str, tz: ZoneInfo, raw_payload: str = payload.COMPACT) -> None:
+    def __init__(
+        self,
+        api_login: str,
+        tz: ZoneInfo,
+        raw_payload: str = payload.COMPACT,
+        latest: datetime | None = None,
+    ) -> None:
+        """``latest``: a record holding a later time is rejected (the sync passes its own time
+        plus FUTURE_LIMIT; None: no bound)."""
         if raw_payload not in payload.MODES:
             raise ValueError(f"unknown raw payload mode {raw_payload!r}")
+        if latest is not None and latest.tzinfo is None:
+            raise ValueError("latest must be timezone-aware")
         self.api_login = api_login
         self.tz = tz
         self.raw_payload = raw_payload
+        self._latest = latest
+        # The page path vouches for a time column whose texts are all at most this one: three
+        # hours before ``latest`` in local text, more than any DST shift between text and
+        # instant. Other columns take the reference path, which compares instants.
+        self._latest_text = (
+            None
+            if latest is None
+            else (latest - timedelta(hours=3)).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+        )
         zone = str(tz)  # the IANA key of a ZoneInfo; "UTC" for datetime.UTC
         self._utc = zone in payload.UTC_ZONES
         self._digester = rowdigest.Digester(api_login, zone, raw_payload)
@@ -225,6 +248,9 @@ class Normalizer:
             raise ValueError(f"does not exist in time zone {self.tz.key}: {_preview(value)}")
         if not 1900 <= local.year <= 2200:
             raise ValueError(f"is out of range: {_preview(value)}")
+        if self._latest is not None and aware > self._latest:
+            bound = self._latest.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S")
+            raise ValueError(f"is in the future (later than {bound}): {_preview(value)}")
         return aware
 
     def digests(self, records: Sequence[Any]) -> list[bytes]:
@@ -318,6 +344,8 @@ class Normalizer:
         present, full = present_strings(values, TIMES)
         if present is None:
             return None
+        if self._latest_text is not None and present and max(present) > self._latest_text:
+            return None  # near or past ``latest``: the reference compares the instants
         heads = list(map(_HEAD, present))
         offsets = self._hour_offsets
         distinct = set(heads)

@@ -206,7 +206,7 @@ def verify_range(
     """Compare the API's rows of ``[start, end]`` with the warehouse's; writes nothing."""
     windows = list(plan_windows(start, end, job.settings.window))
     settings = job.settings
-    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
+    normalizer = job.normalizer()
     fit, tally = FieldFit(), Tally()
     with database_errors(f"verify of account {job.api_login}"), engine.connect() as sa_conn:
         transaction = sa_conn.begin()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -32,7 +33,7 @@ from etl.errors import (
     ResultChangedError,
     StopRequestedError,
 )
-from etl.normalize import Normalizer
+from etl.normalize import FUTURE_LIMIT, Normalizer
 from etl.pagination import OffsetPaginator, page_digest
 from etl.retry import RetryPolicy, call_with_retry
 from etl.state import Counts
@@ -73,6 +74,13 @@ class Job:
     @property
     def api_login(self) -> str:
         return self.client.api_login
+
+    def normalizer(self) -> Normalizer:
+        """A normaliser of this account's records under the settings; a record holding a time
+        more than FUTURE_LIMIT after now is rejected (see ``etl.normalize``)."""
+        settings = self.settings
+        latest = datetime.now(UTC) + FUTURE_LIMIT
+        return Normalizer(self.api_login, settings.api_timezone, settings.raw_payload, latest)
 
     def check_stop(self, where: str) -> None:
         """Raise StopRequestedError if a stop was asked for."""
@@ -190,7 +198,7 @@ def load_window(
     with its digest (``etl.rowdigest``), before any page was staged, is counted unchanged
     as it is: a re-sync of unchanged data neither normalises nor writes."""
     settings = job.settings
-    normalizer = Normalizer(job.api_login, settings.api_timezone, settings.raw_payload)
+    normalizer = job.normalizer()
     counts = Counts()
     hours = rollup_hours.Hours(settings.api_timezone)  # what the rollup refresh covers
     staging = False  # once a page is staged, the rest are too (the last occurrence wins)

@@ -266,6 +266,26 @@ def test_dst_hours_take_the_reference_path() -> None:
     _assert_page_matches_reference(Normalizer("b", ZoneInfo("Europe/London")), records)
 
 
+def test_a_time_later_than_the_bound_is_rejected_on_both_paths() -> None:
+    """With a ``latest`` bound (the sync's time plus a day), a record holding a later time is
+    rejected naming the field, on the page path as in the reference; the others load. Times
+    just before the bound, and a bound inside a DST change, are read to the second."""
+    latest = datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # London: 01:30 GMT, after the change
+    records = [
+        {**SAMPLE, "i_cdr": "1", "connect_time": "2026-10-25 01:29:59"},  # London: 00:29:59Z
+        {**SAMPLE, "i_cdr": "2", "disconnect_time": "2099-01-01 00:00:00"},
+        {**SAMPLE, "i_cdr": "3", "setup_time": "2026-10-25 01:30:01"},  # London: 00:30:01Z
+        {**SAMPLE, "i_cdr": "4", "connect_time": "2026-10-25 02:30:01"},  # London: 02:30:01Z
+    ]
+    for zone, rejected in (("UTC", ["2", "3", "4"]), ("Europe/London", ["2", "4"])):
+        normalizer = Normalizer("b", ZoneInfo(zone), latest=latest)
+        _assert_page_matches_reference(normalizer, records)
+        rejects = normalizer.normalize_page(records).rejects
+        assert [r["i_cdr"] for r, _why in rejects] == rejected, (zone, rejects)
+        assert "disconnect_time is in the future" in rejects[0][1]
+    assert Normalizer("b", ZoneInfo("UTC")).normalize_page(records).rejects == []
+
+
 texts = st.text() | st.sampled_from(["", "a\tb", "back\\slash", 'quo"te', "é", "\u2028", "\x01"])
 digits = st.integers(0, 10**20).map(str) | st.integers(0, 10**6).map(lambda n: f"00{n}")
 plausible = {
@@ -298,10 +318,18 @@ records_of_every_kind = st.fixed_dictionaries(
     extra=st.dictionaries(st.text(), json_values, max_size=2),
     zone=st.sampled_from(["UTC", "Europe/London", "America/St_Johns", "Asia/Kathmandu"]),
     raw_payload=st.sampled_from(["compact", "full", "extra"]),
+    latest=st.none()
+    | st.datetimes(datetime(1990, 1, 1), datetime(2201, 1, 1), timezones=st.just(UTC)),
 )
 def test_page_path_agrees_with_the_reference(
-    pages: list[dict[str, Any]], extra: dict[str, Any], zone: str, raw_payload: str
+    pages: list[dict[str, Any]],
+    extra: dict[str, Any],
+    zone: str,
+    raw_payload: str,
+    latest: datetime | None,
 ) -> None:
-    """Any page gives the reference's rows (value and scale) and rejects (with reasons)."""
+    """Any page gives the reference's rows (value and scale) and rejects (with reasons),
+    with or without a bound on its times."""
     records = [{**extra, **record} if n % 2 else record for n, record in enumerate(pages)]
-    _assert_page_matches_reference(Normalizer("b", ZoneInfo(zone), raw_payload), records)
+    normalizer = Normalizer("b", ZoneInfo(zone), raw_payload, latest)
+    _assert_page_matches_reference(normalizer, records)

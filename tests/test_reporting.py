@@ -400,6 +400,26 @@ def test_time_to_answer_counts_only_calls_with_a_ring_time(
     assert rows == [(4, Decimal("10"), 2, Decimal("5.0"))]
 
 
+def test_a_call_dated_in_the_future_is_set_aside_not_reported(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """One record whose connect time lies decades ahead is rejected with its reason and raw
+    payload; the page's other calls load, and the reporting period stays on the real days
+    (one such CDR would have made every "latest day" and "this month" view show it alone)."""
+    with Simulator(replace(sim_config, cdrs=3)) as sim:
+        first = dict(sim.records("buyer1")[0])
+        sim.publish("buyer1", _record(first, 900000201, connect_time="2099-01-01 00:00:00"))
+        sync(sim, engine, database_url, ["buyer1"])
+        expected = len(sim.records("buyer1")) - 1
+    assert query(pg, "SELECT count(*) FROM cdr") == [(expected,)]
+    rejects = query(pg, "SELECT i_cdr, reason, raw::jsonb ->> 'connect_time' FROM cdr_reject")
+    assert len(rejects) == 1 and rejects[0][0] == "900000201", rejects
+    assert rejects[0][1].startswith("connect_time is in the future"), rejects
+    assert rejects[0][2] == "2099-01-01 00:00:00"
+    (latest,) = query(pg, "SELECT latest_day FROM v_reporting_period")[0]
+    assert latest is not None and latest.year == 2026
+
+
 # --- the rollup and the views against Python --------------------------------------------------
 
 
