@@ -420,6 +420,34 @@ def test_a_call_dated_in_the_future_is_set_aside_not_reported(
     assert latest is not None and latest.year == 2026
 
 
+def test_the_hour_by_hour_query_keeps_the_repeated_autumn_hour_apart(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """docs/queries.md question 8 in a zone whose clocks go back on the latest day: the two
+    hours that both read 01:00 are two rows, not one summing both."""
+    from etl.queries import documented_queries
+
+    with Simulator(replace(sim_config, cdrs=1)) as sim:
+        base = dict(sim.records("buyer1")[0])
+        for k, at in enumerate(
+            ["2026-10-25 00:10:00", "2026-10-25 01:10:00", "2026-10-25 01:20:00"]
+        ):
+            sim.publish(
+                "buyer1",
+                _record(base, 900000301 + k, setup_time=at, connect_time=at, disconnect_time=at),
+            )
+        day = (datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+        assert pipeline.backfill(engine, account_job(sim, "buyer1", timedelta(days=2)), *day).ok
+    set_zone(pg, "Europe/London")  # 00:10Z is 01:10 BST, 01:10Z and 01:20Z are 01:10-01:20 GMT
+    markdown = (ROOT / "docs" / "queries.md").read_text()
+    (hourly,) = [q for q in documented_queries(markdown) if q.number == 8]
+    rows = query(pg, hourly.sql)
+    assert [(str(hour), attempts) for hour, attempts, *_rest in rows] == [
+        ("2026-10-25 01:00:00", 1),
+        ("2026-10-25 01:00:00", 2),
+    ], rows
+
+
 # --- the rollup and the views against Python --------------------------------------------------
 
 
