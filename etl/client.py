@@ -29,6 +29,7 @@ from etl.errors import (
     RateLimitedError,
     RetriableApiError,
 )
+from etl.logs import scrub
 from etl.signing import signed_params
 
 USER_AGENT = f"tcxc-etl/{__version__}"
@@ -107,7 +108,14 @@ class ApiClient:
             raise RetriableApiError("the connection broke while the answer was read") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise RetriableApiError(f"request failed: {type(exc).__name__}") from None
-        return classify(response.status_code, response.headers, body)
+        try:
+            return classify(response.status_code, response.headers, body)
+        except ApiError as exc:  # an API may quote the request back: never pass that on
+            clean = scrub(exc.message, (self._api_key, form["signature"]))
+            if clean != exc.message:
+                exc.message = clean
+                exc.args = (clean,)
+            raise
 
 
 def classify(status: int, headers: Any, body: bytes) -> Page:
@@ -141,7 +149,8 @@ def _envelope(payload: Any, status: int, body: bytes) -> Page:
     message = str(payload.get("error") or payload.get("message") or "")[:200]
     if state == "fail" and "signature" in message.lower():
         raise AuthError(
-            "the API rejected the signature: check TCXC_API_KEY and TCXC_API_LOGIN, and "
+            "the API rejected the signature: check the account's key and login (TCXC_API_KEY and "
+            "TCXC_API_LOGIN, or its [[accounts]] entry), and "
             "that this machine's clock is right (the timestamp is signed)",
             status=status,
         )

@@ -11,20 +11,39 @@ import re
 from collections.abc import Iterable
 
 _SIGNATURE = re.compile(r"\b[0-9a-fA-F]{64}\b")
+_WORD = re.compile(r"[^\s'\"=&:,;()\[\]{}<>]{6,}")  # a run that could be a piece of a secret
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-class RedactingFilter(logging.Filter):
-    """Replaces known secrets and anything shaped like a SHA-256 signature with ***."""
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret, and each run of 6 or more characters that is a piece of
+    one (a secret an echo cut short), shown as ***; and anything shaped like a signature."""
+    kept = [secret for secret in secrets if len(secret) >= 4]
+    for secret in kept:
+        text = text.replace(secret, "***")
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def piece(match: re.Match[str]) -> str:
+        word = match.group(0)
+        return "***" if any(word in secret for secret in kept) else word
+
+    return _SIGNATURE.sub("***", _WORD.sub(piece, text) if kept else text)
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces known secrets and anything shaped like a SHA-256 signature with ***.
+
+    ``secrets`` (API keys) are also masked in part (see ``scrub``); ``exact`` ones (a database
+    URL, whose words such as its host are no secret) only whole."""
+
+    def __init__(self, secrets: Iterable[str] = (), exact: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets = [secret for secret in secrets if len(secret) >= 4]
+        self.exact = [secret for secret in exact if len(secret) >= 4]
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
+        for secret in self.exact:
             text = text.replace(secret, "***")
-        return _SIGNATURE.sub("***", text)
+        return scrub(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -38,11 +57,13 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure(verbose: bool, secrets: Iterable[str] = ()) -> RedactingFilter:
+def configure(
+    verbose: bool, secrets: Iterable[str] = (), exact: Iterable[str] = ()
+) -> RedactingFilter:
     """Send log records to stderr through a redacting filter; return the filter."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
-    redactor = RedactingFilter(secrets)
+    redactor = RedactingFilter(secrets, exact)
     handler.addFilter(redactor)
     root = logging.getLogger()
     for old in list(root.handlers):

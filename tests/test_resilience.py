@@ -257,6 +257,83 @@ def test_secrets_never_leak(sim_config: SimulatorConfig, database_url: str, tmp_
     assert "retrying" in output, "faults were injected and retried (the test saw real errors)"
 
 
+class _EchoingApi:
+    """An API that answers every request with an error message echoing what it was sent:
+    the request's form (which the client cuts to 200 characters, so a signature may arrive
+    cut short) or the account's key."""
+
+    def __init__(self, echo: str, key: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs
+
+        self.signatures: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                api.signatures += parse_qs(form)["signature"]
+                said = form if echo == "form" else f"bad key {key}"
+                body = orjson.dumps({"status": "error", "message": f"invalid request {said}"})
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/buyers/callhistory"
+
+    def __enter__(self) -> _EchoingApi:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("echo", ["form", "key"])
+def test_an_api_that_echoes_secrets_in_its_errors_leaks_none(
+    database_url: str, tmp_path: Path, echo: str
+) -> None:
+    """An API whose error messages quote the request (its signature, maybe cut short) or the
+    key: neither reaches the output, the logs or the run history, whole or in part, also for
+    an account whose key comes from an [[accounts]] key_env."""
+    key = "k3y-" + "Q" * 20
+    config = tmp_path / "tcxc.toml"
+    config.write_text('[[accounts]]\nlogin = "carrier-b"\nkey_env = "KEY_B"\n')
+    with _EchoingApi(echo, key) as api:
+        env = {"DATABASE_URL": database_url, "TCXC_API_URL": api.url, "KEY_B": key}
+        result = run_cli(
+            "--config",
+            str(config),
+            "--verbose",
+            "backfill",
+            "--from",
+            "2026-09-21",
+            "--to",
+            "2026-09-22",
+            env=env,
+        )
+    assert result.returncode == 1 and api.signatures, result.stderr
+    output = result.stdout + result.stderr
+    dump = "\n".join(
+        str(row)
+        for table in ("etl_run", "sync_window")
+        for row in _query(database_url, f"SELECT t::text FROM {table} t")
+    )
+    assert "invalid request" in dump, "the API's message reached the run history"
+    for haystack in (output, dump):
+        assert key not in haystack and key[:10] not in haystack
+        for piece in re.findall(r"[0-9a-f]{8,}", haystack):
+            assert not any(piece in signature for signature in api.signatures), piece
+
+
 HOSTILE_TEXT = st.text(max_size=30) | st.sampled_from(
     [
         "",

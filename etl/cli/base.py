@@ -132,8 +132,9 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """Keep a PostgreSQL warehouse of TCXC buyer CDRs complete and current."""
     ctx.obj = {"verbose": verbose}
     settings = load_settings(os.environ, config_path)
-    redactor = configure(verbose, [settings.api_key.reveal(), settings.database_url.reveal()])
-    _REDACTOR.secrets = redactor.secrets
+    keys = [settings.api_key, *(account.key for account in settings.configured_accounts)]
+    redactor = configure(verbose, [key.reveal() for key in keys], [settings.database_url.reveal()])
+    _REDACTOR.secrets, _REDACTOR.exact = redactor.secrets, redactor.exact
     ctx.obj = AppContext(settings=settings, verbose=verbose)
 
 
