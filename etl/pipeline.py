@@ -318,7 +318,9 @@ def run_logged(
     start, end = (windows[0].start, windows[-1].end) if windows else (None, None)
     if abandon_stale:
         state.abandon_stale_runs(engine, job.api_login)
-    run_id = state.start_run(engine, command, job.api_login, start, end)
+    run_id = state.start_run(
+        engine, command, job.api_login, start, end, state.row_settings(job.settings)
+    )
     summary = RunSummary(run_id=run_id, planned=len(windows))
     committed = Coverage(done or ())
     todo = [w for w in windows if w not in committed]
@@ -375,9 +377,7 @@ def backfill(
     if repair:
         job, resume = replace(job, recheck=True), False
     done = (
-        state.backfill_windows_done(
-            engine, job.api_login, job.prefix, start, end, job.settings.settle_lag
-        )
+        state.backfill_windows_done(engine, job.api_login, job.prefix, start, end, job.settings)
         if resume
         else set()
     )

@@ -147,6 +147,8 @@ etl_run = Table(
     Column("rejected", BigInteger, nullable=False, server_default=text("0")),
     Column("conflicts", BigInteger, nullable=False, server_default=text("0")),
     Column("error", Text),
+    # The settings its records were read under (etl.state.row_settings; migration 0006).
+    Column("row_settings", Text),
 )
 
 sync_window = Table(

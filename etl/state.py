@@ -9,13 +9,14 @@ transaction, once the window's work has been rolled back.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.sql import func
 
+from etl.config import Settings
 from etl.schema import etl_run, sync_state, sync_window
 from etl.windows import Window
 
@@ -37,18 +38,33 @@ class Counts:
             setattr(self, name, getattr(self, name) + value)
 
 
+def row_settings(settings: Settings) -> str:
+    """The settings that decide the rows a sync writes from the same records: the API's time
+    zone (what instant each naive time is) and what ``cdr.raw`` keeps. Kept with each run, so
+    that a resumed backfill skips only windows read under the same."""
+    return f"api_timezone={settings.api_timezone.key} raw_payload={settings.raw_payload}"
+
+
 def start_run(
     engine: Engine,
     command: str,
     api_login: str | None,
     start: datetime | None,
     end: datetime | None,
+    settings: str | None = None,
 ) -> int:
-    """Insert a run row with status 'running' and return its id (committed at once)."""
+    """Insert a run row with status 'running' and return its id (committed at once);
+    ``settings``: its ``row_settings``."""
     with engine.begin() as conn:
         run_id = conn.execute(
             insert(etl_run)
-            .values(command=command, api_login=api_login, range_start=start, range_end=end)
+            .values(
+                command=command,
+                api_login=api_login,
+                range_start=start,
+                range_end=end,
+                row_settings=settings,
+            )
             .returning(etl_run.c.id)
         ).scalar_one()
     return int(run_id)
@@ -152,7 +168,7 @@ FROM sync_window w
 JOIN etl_run r ON r.id = w.run_id
 WHERE r.command = 'backfill' AND r.api_login = %(login)s
   AND r.range_start = %(start)s AND r.range_end = %(end)s
-  AND r.status <> 'succeeded'
+  AND r.status <> 'succeeded' AND r.row_settings = %(row_settings)s
   AND r.id > coalesce((
       SELECT max(ok.id) FROM etl_run ok
       WHERE ok.command = 'backfill' AND ok.api_login = %(login)s
@@ -169,17 +185,25 @@ def backfill_windows_done(
     prefix: str,
     start: datetime,
     end: datetime,
-    settle_lag: timedelta,
+    settings: Settings,
 ) -> set[tuple[datetime, datetime]]:
     """Windows that unfinished backfills of this exact request (since the last one that
-    succeeded) already committed: a resumed backfill skips them. Only windows that had
-    settled when they committed (ended ``settle_lag`` or more before) count: a window at or
-    past "now" was committed before all its calls had shown, and is synced again."""
-    params = {"login": api_login, "prefix": prefix, "start": start, "end": end}
+    succeeded) already committed under the same ``row_settings``: a resumed backfill skips
+    them. Only windows that had settled when they committed (ended TCXC_SETTLE_LAG or more
+    before) count: a window at or past "now" was committed before all its calls had shown,
+    and is synced again."""
+    params = {
+        "login": api_login,
+        "prefix": prefix,
+        "start": start,
+        "end": end,
+        "row_settings": row_settings(settings),
+        "settle": settings.settle_lag,
+    }
     with engine.connect() as sa_conn:
         conn = sa_conn.connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
-        rows = conn.execute(_RESUMABLE, {**params, "settle": settle_lag}).fetchall()
+        rows = conn.execute(_RESUMABLE, params).fetchall()
     return {(row[0], row[1]) for row in rows}
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine, text
@@ -414,6 +415,30 @@ def test_a_resumed_backfill_skips_what_joined_windows_committed(
     assert second.ok and second.skipped == first.windows
     assert second.windows + second.skipped == 20
     assert first.counts.inserted + second.counts.inserted == len(_api_ids(sim))
+    assert _db_ids(engine) == _api_ids(sim)
+
+
+@pytest.mark.parametrize(
+    "changed", [{"api_timezone": ZoneInfo("Europe/London")}, {"raw_payload": "full"}]
+)
+def test_a_backfill_resumed_with_other_row_settings_syncs_everything_again(
+    sim: Simulator, engine: Engine, changed: dict[str, Any]
+) -> None:
+    """A backfill stopped, then run again with another TCXC_API_TIMEZONE (or
+    TCXC_RAW_PAYLOAD): the windows the first run committed were read under the old setting
+    (times an hour off, say), so none counts as done: every window is synced again."""
+    settings = make_settings(sim, **JOINING)
+    job, (start, end) = make_job(settings), sim_range()
+
+    def stop_after_one(_window: Window, counts: Counts | None, _covers: int) -> None:
+        if counts is not None:
+            job.stop.set()
+
+    first = pipeline.backfill(engine, job, start, end, stop_after_one)
+    assert first.stopped and first.windows > 0
+    again = make_job(replace(settings, **changed))
+    second = pipeline.backfill(engine, again, start, end)
+    assert second.ok and second.skipped == 0 and second.windows == 20
     assert _db_ids(engine) == _api_ids(sim)
 
 

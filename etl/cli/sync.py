@@ -131,7 +131,7 @@ def _print_plan(
         try:
             with database(settings) as engine:
                 done = state.backfill_windows_done(
-                    engine, job.api_login, job.prefix, start, end, settings.settle_lag
+                    engine, job.api_login, job.prefix, start, end, settings
                 )
         except EtlError as exc:
             click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
