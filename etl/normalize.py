@@ -75,6 +75,11 @@ from etl.pgtext import (
 # before the record is set aside: a call cannot have happened later than it was fetched, and
 # one stray year-2099 CDR would take over every "latest day" of the reporting views.
 FUTURE_LIMIT = timedelta(days=1)
+# The most a record's setup, connect and disconnect times may lie apart: a call rings for
+# seconds and lasts hours at most, so times days apart are not one call's (and would hide the
+# row from ``verify``, which finds a period's rows through connect_time within this of it).
+MAX_SPREAD = timedelta(days=2)
+_SPREAD_FIELDS = tuple(i for i, name in enumerate(FIELDS) if FIELD_KINDS[name] == TIME)
 MAX_DECIMAL_DIGITS = 30
 MAX_DECIMAL_SCALE = 12
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
@@ -199,6 +204,7 @@ class Normalizer:
         values = [self._convert(name, fields.get(name)) for name in FIELDS]
         if values[0] == 0:
             raise InvalidRecordError("i_cdr is 0")
+        _check_spread(values)
         raw = self._payload(record, extra)
         try:
             raw_json = orjson.dumps(raw).decode()
@@ -275,6 +281,7 @@ class Normalizer:
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
             rebuilt.append(payload.column_state(name, found[3]))
+        bad |= self._far_apart(columns, bad)
         if digests is None:
             digests = self.digests(records)
         parts += [self._login_text + "\t", rowdigest.copy_texts(digests), "\t"]
@@ -338,6 +345,31 @@ class Normalizer:
             rows.append(tuple(map(fields.get, FIELDS)))
             raws.append(self._payload(record, extra))
         return list(zip(*rows, strict=True)), raws, bad
+
+    def _far_apart(self, columns: Sequence[Sequence[Any]], bad: set[int]) -> set[int]:
+        """The records whose times lie more than MAX_SPREAD apart (``normalize`` rejects
+        them). The usual page's times all lie within a few hours: one look at the earliest and
+        latest text of the page settles it; otherwise each record is read as the reference
+        reads it."""
+        spans = [_text_span(columns[i]) for i in _SPREAD_FIELDS]
+        texts = [text for span in spans if span for text in span]
+        if texts:
+            try:
+                lo, hi = (datetime.fromisoformat(t[:19]) for t in (min(texts), max(texts)))
+                if hi - lo < MAX_SPREAD - timedelta(hours=3):  # more than any DST shift
+                    return set()
+            except ValueError:
+                pass  # a text the time checks refuse: its record is read below
+        far: set[int] = set()
+        for index in range(len(columns[0])):
+            if index in bad:
+                continue
+            try:
+                times = [self._convert(FIELDS[i], columns[i][index]) for i in _SPREAD_FIELDS]
+                _check_spread(times)
+            except InvalidRecordError:
+                far.add(index)
+        return far
 
     def _time_column(self, values: Sequence[Any]) -> Fast | None:
         """Naive 'YYYY-MM-DD HH:MM:SS' local times + the UTC offset of their hour, or None."""
@@ -419,6 +451,30 @@ class NormalizedPage:
     copy_text: str
     rows: int
     rejects: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def _check_spread(values: Sequence[Any]) -> None:
+    """Raise InvalidRecordError if the record's times (of ``values``, all fields or only the
+    time fields) lie more than MAX_SPREAD apart."""
+    times = [v.astimezone(UTC) for v in values if isinstance(v, datetime)]
+    if times and max(times) - min(times) > MAX_SPREAD:
+        raise InvalidRecordError(
+            f"setup_time, connect_time and disconnect_time lie more than {MAX_SPREAD.days}"
+            " days apart"
+        )
+
+
+def _text_span(values: Sequence[Any]) -> tuple[str, str] | None:
+    """The earliest and latest string of a column that is a time (not empty, not the zero
+    date); None when there is none."""
+    try:
+        lo, hi = min(values), max(values)
+        if isinstance(lo, str) and lo and lo not in ZERO_TIMES:  # ("0000-..." sorts first)
+            return lo, hi
+    except (TypeError, ValueError):  # nulls or other types among them; or no values
+        pass
+    present = [v for v in values if isinstance(v, str) and v and v not in ZERO_TIMES]
+    return (min(present), max(present)) if present else None
 
 
 def _same_documented_keys(records: Sequence[Any]) -> tuple[str, ...] | None:

@@ -269,8 +269,9 @@ _DIFFERING = ", ".join(
 # ring and its duration), so the rows are found through the (connect_time, api_login) index
 # and then filtered exactly, instead of by reading the whole table. Only the per-day
 # warehouse count and the extra rows come from here (missing and different rows are looked up
-# by i_cdr); a stored row whose connect time is further than NEAR from its setup or disconnect
-# time would be left out of that count (a count that differs, never a silent pass).
+# by i_cdr). Normalisation rejects a record whose times lie more than MAX_SPREAD (2 days)
+# apart, so every row loaded since is found here; a row loaded before that rule by an older
+# tcxc-etl would be left out of that count.
 NEAR = "interval '2 days'"
 WAREHOUSE_ROWS = f"""
     FROM cdr c

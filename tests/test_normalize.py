@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -127,11 +127,45 @@ def test_nonexistent_local_time_is_refused() -> None:
         _row({**SAMPLE, "connect_time": "2026-03-29 01:30:00"}, "Europe/London")
 
 
+def _times(moment: str, disconnect: str | None = None) -> dict[str, str]:
+    """One call's three times (setup, connect, disconnect) at ``moment``."""
+    return {"setup_time": moment, "connect_time": moment, "disconnect_time": disconnect or moment}
+
+
+def test_times_days_apart_are_rejected_on_both_paths() -> None:
+    """A record whose setup, connect and disconnect times lie more than two days apart (as
+    instants: a DST change does not count) is rejected with the reason; times up to two days
+    apart, or a zero date among them, load."""
+    records = [
+        {**SAMPLE, "i_cdr": "1", **_times("2026-09-21 10:00:00", "2026-09-23 10:00:00")},
+        {**SAMPLE, "i_cdr": "2", **_times("2026-09-21 10:00:00", "2026-09-23 10:00:01")},
+        {**SAMPLE, "i_cdr": "3", **_times("2026-03-27 23:30:00", "2026-03-30 00:10:00")},
+        {
+            **SAMPLE,
+            "i_cdr": "4",
+            **_times("2026-09-21 10:00:00"),
+            "connect_time": "2026-09-16 10:00:00",
+        },
+        {
+            **SAMPLE,
+            "i_cdr": "5",
+            **_times("2026-09-21 10:00:00"),
+            "connect_time": "0000-00-00 00:00:00",
+        },
+    ]
+    for zone, rejected in (("UTC", ["2", "3", "4"]), ("Europe/London", ["2", "4"])):
+        normalizer = Normalizer("b", ZoneInfo(zone))
+        _assert_page_matches_reference(normalizer, records)
+        rejects = normalizer.normalize_page(records).rejects
+        assert [r["i_cdr"] for r, _why in rejects] == rejected, (zone, rejects)
+        assert "lie more than 2 days apart" in rejects[0][1]
+
+
 def test_a_time_of_the_repeated_autumn_hour_is_read_as_its_first_occurrence() -> None:
     """01:30 happens twice in London on 2026-10-25 (BST, then GMT) and the API's text does not
     say which: both paths read it as the first (README, Schema), and the API's text stays in
     the raw payload."""
-    record = {**SAMPLE, "connect_time": "2026-10-25 01:30:00"}
+    record = {**SAMPLE, **_times("2026-10-25 01:30:00")}
     row = _row(record, "Europe/London")
     # (astimezone: an aware time in a repeated hour compares unequal to every other zone's)
     assert row["connect_time"].astimezone(UTC) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
@@ -257,10 +291,10 @@ def test_page_rejects_what_the_reference_rejects_and_keeps_the_rest() -> None:
 def test_dst_hours_take_the_reference_path() -> None:
     """Times in a DST change hour, or inside a gap, come out as the reference has them."""
     records = [
-        {**SAMPLE, "i_cdr": "1", "connect_time": "2026-10-25 01:30:00"},  # ambiguous (fold 0)
-        {**SAMPLE, "i_cdr": "2", "connect_time": "2026-03-29 01:30:00"},  # does not exist
-        {**SAMPLE, "i_cdr": "3", "connect_time": "2026-03-29 02:00:00"},
-        {**SAMPLE, "i_cdr": "4", "connect_time": "1901-01-01 00:00:00.25"},
+        {**SAMPLE, "i_cdr": "1", **_times("2026-10-25 01:30:00")},  # ambiguous (fold 0)
+        {**SAMPLE, "i_cdr": "2", **_times("2026-03-29 01:30:00")},  # does not exist
+        {**SAMPLE, "i_cdr": "3", **_times("2026-03-29 02:00:00")},
+        {**SAMPLE, "i_cdr": "4", **_times("1901-01-01 00:00:00.25")},
         {**SAMPLE, "i_cdr": "5", "connect_time": "0000-00-00 00:00:00"},
     ]
     _assert_page_matches_reference(Normalizer("b", ZoneInfo("Europe/London")), records)
@@ -272,10 +306,10 @@ def test_a_time_later_than_the_bound_is_rejected_on_both_paths() -> None:
     just before the bound, and a bound inside a DST change, are read to the second."""
     latest = datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # London: 01:30 GMT, after the change
     records = [
-        {**SAMPLE, "i_cdr": "1", "connect_time": "2026-10-25 01:29:59"},  # London: 00:29:59Z
-        {**SAMPLE, "i_cdr": "2", "disconnect_time": "2099-01-01 00:00:00"},
-        {**SAMPLE, "i_cdr": "3", "setup_time": "2026-10-25 01:30:01"},  # London: 00:30:01Z
-        {**SAMPLE, "i_cdr": "4", "connect_time": "2026-10-25 02:30:01"},  # London: 02:30:01Z
+        {**SAMPLE, "i_cdr": "1", **_times("2026-10-25 01:29:59")},  # London: 00:29:59Z
+        {**SAMPLE, "i_cdr": "2", **_times("2026-10-25 00:00:00", disconnect="2099-01-01 00:00:00")},
+        {**SAMPLE, "i_cdr": "3", **_times("2026-10-25 01:30:01")},  # London: 00:30:01Z
+        {**SAMPLE, "i_cdr": "4", **_times("2026-10-25 02:30:01")},  # London: 02:30:01Z
     ]
     for zone, rejected in (("UTC", ["2", "3", "4"]), ("Europe/London", ["2", "4"])):
         normalizer = Normalizer("b", ZoneInfo(zone), latest=latest)
@@ -283,7 +317,10 @@ def test_a_time_later_than_the_bound_is_rejected_on_both_paths() -> None:
         rejects = normalizer.normalize_page(records).rejects
         assert [r["i_cdr"] for r, _why in rejects] == rejected, (zone, rejects)
         assert "disconnect_time is in the future" in rejects[0][1]
-    assert Normalizer("b", ZoneInfo("UTC")).normalize_page(records).rejects == []
+    unbounded = Normalizer("b", ZoneInfo("UTC")).normalize_page(records).rejects
+    assert [(r["i_cdr"], why) for r, why in unbounded] == [
+        ("2", "setup_time, connect_time and disconnect_time lie more than 2 days apart")
+    ]
 
 
 texts = st.text() | st.sampled_from(["", "a\tb", "back\\slash", 'quo"te', "é", "\u2028", "\x01"])
@@ -300,12 +337,31 @@ plausible = {
     )
     | st.sampled_from(["0000-00-00 00:00:00", "2019-02-30 10:00:00", "2019-01-01T10:00:00.5"]),
 }
-records_of_every_kind = st.fixed_dictionaries(
+_independent_fields = st.fixed_dictionaries(
     {
         name.upper() if name in ("cld", "cli") else name: plausible[kind]
         for name, kind in FIELD_KINDS.items()
     }
 )
+TIME_NAMES = ("setup_time", "connect_time", "disconnect_time")
+
+
+@st.composite
+def _one_call(draw: st.DrawFn) -> dict[str, Any]:
+    """Fields drawn independently; in about half of the records the times are one call's:
+    around one moment, up to 3 days apart (so that both sides of MAX_SPREAD show), with now
+    and then an odd value among them."""
+    record = draw(_independent_fields)
+    if draw(st.booleans()):
+        base = draw(st.datetimes(datetime(1900, 1, 2), datetime(2200, 12, 29)))
+        for name in TIME_NAMES:
+            if draw(st.integers(0, 5)):
+                moment = base + timedelta(seconds=draw(st.integers(-3600, 3 * 86400)))
+                record[name] = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return record
+
+
+records_of_every_kind = _one_call()
 
 
 @given(

@@ -3,7 +3,7 @@ PostgreSQL, exactly the record the ``full`` mode stores."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -149,9 +149,25 @@ _VALID = {
     TEXT: st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1)
     | st.sampled_from(["", None]),
 }
-_usual_records = st.fixed_dictionaries(
+_usual_fields = st.fixed_dictionaries(
     {key: _VALID[FIELD_KINDS[name]] for key, name in zip(API_KEYS, FIELDS, strict=True)}
 )
+
+
+@st.composite
+def _one_call(draw: st.DrawFn) -> dict[str, Any]:
+    """A usual record whose three times are one call's (within a day of each other), each in
+    one of the forms the API may send."""
+    record = draw(_usual_fields)
+    base = draw(st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 30)))
+    for key in ("setup_time", "connect_time", "disconnect_time"):
+        moment = base + timedelta(seconds=draw(st.integers(0, 86400)))
+        text = moment.strftime("%Y-%m-%d %H:%M:%S")
+        record[key] = draw(st.sampled_from([text, text.replace(" ", "T"), ""]))
+    return record
+
+
+_usual_records = _one_call()
 
 
 @settings(
