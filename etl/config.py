@@ -140,6 +140,9 @@ class Settings:
             raise ConfigError(problems)
 
 
+MAX_DURATION_DAYS = 36_500
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse '90s', '15m', '6h', '1d' (or a bare number of seconds) into a timedelta."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
@@ -149,6 +152,8 @@ def parse_duration(text: str) -> timedelta:
     seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
     if seconds <= 0:
         raise ValueError("must be longer than zero")
+    if seconds > MAX_DURATION_DAYS * 86400:  # beyond it, date arithmetic overflows
+        raise ValueError(f"must be at most {MAX_DURATION_DAYS}d")
     return timedelta(seconds=seconds)
 
 
@@ -242,6 +247,13 @@ def _database_url(text: str) -> Secret:
     # libpq would read the part after a second '@' as the host and quote it in its error.
     if text.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
         raise ValueError("its user or password holds '@': write it as %40")
+    try:
+        parts = urlsplit(text)
+        _ = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError(
+            "its host or port cannot be read (a port is a number, an IPv6 host is in [])"
+        ) from None
     return Secret(text)
 
 

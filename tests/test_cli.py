@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from etl.cli import cli
 from etl.client import ApiClient
 from etl.errors import ApiError, AuthError
-from etl.simulator import Simulator
+from etl.simulator import Simulator, SimulatorConfig
 from tests.conftest import ROOT, free_port, run_cli, sim_env, start_cli
 
 CLI_ENV = {"TCXC_PAGE_SIZE": "500"}  # this file's settings on top of sim_env's
@@ -399,3 +400,46 @@ def test_a_port_in_use_is_one_line_naming_the_setting(
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and named in errors[0], result.stderr
     assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--from", "2026-09-21", "--to", "9999-12-31 23:59:59"), "--to"),
+        (("--from", "0001-01-01", "--to", "2026-09-22"), "--from"),
+    ],
+)
+def test_dates_out_of_range_are_usage_errors(
+    sim: Simulator, database_url: str, args: tuple[str, ...], option: str
+) -> None:
+    """--from/--to outside the years a CDR may hold (1900-2200) are usage errors naming the
+    option, before any request (a year 1 went out unpadded; 9999 overflowed)."""
+    result = run_cli("backfill", *args, "--dry-run", env=sim_env(sim, database_url, CLI_ENV))
+    assert result.returncode == 2, result.stderr
+    assert option in result.stderr and "internal error" not in result.stderr
+
+
+def test_the_summary_adds_up_when_the_api_repeats_records(
+    sim_config: SimulatorConfig, database_url: str
+) -> None:
+    """An API that sends some records twice: the backfill's summary names the repeats, so
+    inserted + updated + unchanged + rejected + conflicts + repeated = rows fetched."""
+    with Simulator(replace(sim_config, duplicate_every=7)) as sim:
+        result = run_cli(
+            "backfill",
+            "--from",
+            "2026-09-21",
+            "--to",
+            "2026-09-24",
+            env=sim_env(sim, database_url, CLI_ENV),
+        )
+    assert result.returncode == 0, result.stderr
+    numbers = dict(
+        re.findall(
+            r"(rows fetched|inserted|updated|unchanged|rejected|conflicts|repeated) (\d+)",
+            result.stdout,
+        )
+    )
+    assert int(numbers.get("repeated", 0)) > 0, result.stdout
+    parts = ("inserted", "updated", "unchanged", "rejected", "conflicts", "repeated")
+    assert sum(int(numbers[p]) for p in parts) == int(numbers["rows fetched"]), result.stdout

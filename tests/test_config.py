@@ -166,3 +166,23 @@ def test_credentials_in_a_url_are_never_echoed(name: str, value: str, secret: st
     assert name in str(info.value) and secret not in str(info.value)
     if name == "DATABASE_URL":
         assert "%40" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TCXC_DEEP_LOOKBACK": "1000000d"},
+        {"TCXC_SETTLE_LAG": "3000000d"},
+        {"TCXC_WINDOW": "3000000d"},
+        {"DATABASE_URL": "postgresql://u@h:abc/db"},
+        {"DATABASE_URL": "postgresql://u@[::1/db"},
+    ],
+)
+def test_values_that_would_overflow_or_not_parse_later_are_refused_now(
+    env: dict[str, str],
+) -> None:
+    """A duration beyond any date arithmetic, or a database URL whose port or host cannot be
+    read, is a configuration error naming the setting (was an internal error later)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert next(iter(env)) in str(info.value)

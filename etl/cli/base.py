@@ -48,9 +48,12 @@ def parse_when(text: str, settings: Settings, option: str) -> datetime:
     """A 'YYYY-MM-DD[ HH:MM:SS]' in the API time zone, as an aware datetime."""
     for fmt in DATE_FORMATS:
         try:
-            return datetime.strptime(text.strip(), fmt).replace(tzinfo=settings.api_timezone)
+            moment = datetime.strptime(text.strip(), fmt).replace(tzinfo=settings.api_timezone)
         except ValueError:
             continue
+        if not 1900 <= moment.year <= 2200:  # the years a CDR's times may hold
+            raise UsageError(f"{option} {text!r} is out of range: give a year from 1900 to 2200")
+        return moment
     raise UsageError(f"{option} {text!r} is not a date such as 2026-01-31 or '2026-01-31 12:00:00'")
 
 
@@ -115,10 +118,17 @@ def _budget(settings: Settings, login: str) -> RequestBudget:
 
 
 def summary_line(windows: int, counts: Counts) -> str:
+    """The run's totals; ``repeated``: records fetched again in the run (an i_cdr the API sent
+    twice, or on the boundary second two windows share), each loaded once."""
+    accounted = (
+        counts.inserted + counts.updated + counts.unchanged + counts.rejected + counts.conflicts
+    )
+    repeated = counts.rows_fetched - accounted
     return (
         f"windows {windows}, pages {counts.pages}, rows fetched {counts.rows_fetched}: "
         f"inserted {counts.inserted}, updated {counts.updated}, unchanged {counts.unchanged}, "
         f"rejected {counts.rejected}, conflicts {counts.conflicts}"
+        + (f", repeated {repeated}" if repeated > 0 else "")
     )
 
 
