@@ -75,6 +75,20 @@ class OffsetPaginator:
     # The tie the next page starts with (it must hold its records, in some order).
     _expect: Tie | None = field(default=None, repr=False)
 
+    @property
+    def sorted_by(self) -> tuple[str, ...] | None:
+        """The ORDER_FIELDS that sort the window's pages; () when none does, None while no
+        page has told."""
+        return self._fields
+
+    @property
+    def unordered(self) -> bool:
+        """Whether the window took more than one page and no field of ORDER_FIELDS was seen
+        to sort them: no tie guard applied, so a server whose order changes from request to
+        request could have cut each page boundary differently (see ``etl.window_sync``,
+        which then reads the window again)."""
+        return self.done and self.pages > 2 and not self._fields
+
     def params(self) -> dict[str, str]:
         """The ``pager`` and ``off`` form fields of the next request."""
         return {"pager": str(self.page_size), "off": str(self.offset)}
@@ -288,6 +302,11 @@ def page_digest(rows_json: bytes) -> bytes:
     process, so an accidental match is a one-in-2**64 event.
     """
     return len(rows_json).to_bytes(8, "big") + hash(rows_json).to_bytes(8, "big", signed=True)
+
+
+def key_texts(records: Sequence[Any]) -> set[str]:
+    """The distinct i_cdr of a page as text (records without one are left out)."""
+    return {str(key).strip() for key in _keys(records) if key is not None}
 
 
 def distinct_count(records: Sequence[Any], keys: list[Any] | None = None) -> int:

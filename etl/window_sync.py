@@ -30,11 +30,12 @@ from etl.errors import (
     ApiError,
     EtlError,
     InvalidRecordError,
+    PaginationError,
     ResultChangedError,
     StopRequestedError,
 )
 from etl.normalize import FUTURE_LIMIT, Normalizer
-from etl.pagination import OffsetPaginator, page_digest
+from etl.pagination import OffsetPaginator, key_texts, page_digest
 from etl.retry import RetryPolicy, call_with_retry
 from etl.state import Counts
 from etl.windows import Window
@@ -161,10 +162,13 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
 
     where = f"account {job.api_login}, window {window}"
     paginator, restarts = first_page(), 0
+    seen: set[str] | None = set()  # the i_cdr read, while no known field sorts the pages
     while not paginator.done:
         page = fetch_page(job, window, paginator)
         try:
             records = paginator.take(page.records, page_digest(page.body))
+            if seen is not None:
+                seen = None if paginator.sorted_by else seen | key_texts(page.records)
         except ResultChangedError as exc:
             if restarts == RESULT_RESTARTS:
                 raise exc.located(where) from None
@@ -178,11 +182,51 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
                 exc,
             )
             # Pages already loaded come again: held alike, they are counted unchanged.
-            paginator = first_page()
+            paginator, seen = first_page(), set()
             continue
         except ApiError as exc:
             raise exc.located(where) from None
         yield records
+    if seen is not None and paginator.unordered:
+        # Pages of another size: a server whose order depends on the request's own offset and
+        # size cuts its pages elsewhere, and one whose order is random cuts them anew.
+        other = max(1, job.settings.page_size - job.settings.page_size // 3)
+        _read_again(
+            job, window, OffsetPaginator(other, job.settings.max_pages_per_window), seen, where
+        )
+
+
+def _read_again(
+    job: Job, window: Window, paginator: OffsetPaginator, seen: set[str], where: str
+) -> None:
+    """Page ``window`` once more with ``paginator`` and raise PaginationError unless it holds
+    the records of ``seen`` (the first reading): its pages are sorted by no field the tie
+    guard knows, so only a second reading shows whether the server's order held between
+    requests (one that changes per request, such as ``ORDER BY`` an hour, cuts each page
+    boundary differently: records read twice, others never)."""
+    log.info(
+        "pages sorted by no time field or i_cdr: reading the window again to check that the "
+        "order held account=%s window=%s",
+        job.api_login,
+        window,
+    )
+    again: set[str] = set()
+    try:
+        while not paginator.done:
+            page = fetch_page(job, window, paginator)
+            paginator.take(page.records, page_digest(page.body))
+            again |= key_texts(page.records)
+    except ApiError as exc:
+        raise exc.located(where) from None
+    if again != seen:
+        raise PaginationError(
+            f"the API's pages are ordered, but not by a time field or i_cdr, and two readings "
+            f"of the window gave different records ({len(seen ^ again)} read by one only): "
+            "offset paging cannot be trusted with an order that changes between requests, "
+            "so the window is not taken as complete; windows that fit in one page (a larger "
+            "TCXC_PAGE_SIZE, or a smaller TCXC_WINDOW with TCXC_WINDOW_ROWS=0) need no paging",
+            where=where,
+        )
 
 
 def load_window(

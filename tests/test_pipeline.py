@@ -152,6 +152,30 @@ def test_capped_pages_and_any_order_still_yield_every_row(
         assert _db_ids(engine) == _api_ids(sim)
 
 
+def test_pages_in_an_order_no_field_sorts_are_read_twice(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """A server whose pages no time field nor i_cdr sorts gives no tie to guard: a window of
+    several pages is read a second time. A stable order reads the same records twice and
+    loads them all (the test above); one that changes per request (ordered by the hour only,
+    say) reads other records the second time, and the window fails loudly instead of
+    loading what one pass happened to see."""
+    with Simulator(replace(sim_config, order="unstable")) as sim:
+        summary = _backfill(sim, engine, page_size=50)
+        assert not summary.ok and summary.failures
+        message = str(summary.failures[0][1])
+        assert "not by a time field or i_cdr" in message, message
+        assert _db_ids(engine) == [] or set(_db_ids(engine)) <= set(_api_ids(sim))
+    with Simulator(replace(sim_config, order="shuffled")) as stable:
+        before = stable.requests_served
+        assert _backfill(stable, engine, page_size=50).ok
+        assert _db_ids(engine) == _api_ids(stable)
+        pages = stable.requests_served - before
+    with Simulator(replace(sim_config, order="asc")) as ordered:
+        assert _backfill(ordered, engine, page_size=50).ok
+        assert ordered.requests_served < pages, "only pages no known field sorts are read twice"
+
+
 @pytest.mark.parametrize(("page_size", "cap"), [(10, None), (97, None), (100, 37)])
 def test_ties_cut_differently_per_request_lose_nothing(
     sim_config: SimulatorConfig, engine: Engine, page_size: int, cap: int | None

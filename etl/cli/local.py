@@ -73,7 +73,9 @@ def _accounts(specs: tuple[str, ...], first: str) -> dict[str, str]:
     help="Another buyer login and its key, with calls of its own (repeatable).",
 )
 @click.option("--max-page-size", type=int, default=None, help="Cap rows per page silently.")
-@click.option("--order", type=click.Choice(["asc", "desc", "shuffled", "ties"]), default="asc")
+@click.option(
+    "--order", type=click.Choice(["asc", "desc", "shuffled", "ties", "unstable"]), default="asc"
+)
 @click.option(
     "--latency",
     type=float,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-ORDERS = ("asc", "desc", "shuffled", "ties")
+ORDERS = ("asc", "desc", "shuffled", "ties", "unstable")
 FILTER_FIELDS = ("setup_time", "connect_time", "disconnect_time")
 
 

@@ -141,6 +141,8 @@ class AccountStore:
         selection = self.select(lo, hi, prefix)
         if self._order == "ties":
             return [self._text(ref) for ref in self._ties_slice(selection, off, limit)]
+        if self._order == "unstable":
+            return [self._text(ref) for ref in self._unstable_slice(selection, off, limit)]
         return [self._text(ref) for ref in selection[off : off + limit]]
 
     def select(self, lo: int | None, hi: int | None, prefix: str) -> Sequence[int]:
@@ -297,6 +299,18 @@ class AccountStore:
 
         span = sorted(selection[first:last], key=place)
         return span[off - first : end - first]
+
+    def _unstable_slice(self, selection: Sequence[int], off: int, limit: int) -> list[int]:
+        """Rows ``off .. off + limit`` ordered by the hour of their setup time only, the rows
+        of an hour in an order of this request's own, as ``ORDER BY`` an hour (or no ``ORDER
+        BY`` at all) may give: no field the client knows sorts the pages, and each request
+        cuts the hours differently."""
+        salt = _mix(off * 1_000_003 + limit)
+
+        def place(ref: int) -> tuple[int, int]:
+            return self._asc_key(ref)[0] // 3600, _mix(self._shuffle_key(ref) ^ salt)
+
+        return sorted(selection, key=place)[off : off + limit]
 
     def _ordered(self, rows: Sequence[int]) -> Sequence[int]:
         if self._order in ("asc", "ties"):
