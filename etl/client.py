@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -34,6 +36,8 @@ from etl.signing import signed_params
 
 USER_AGENT = f"tcxc-etl/{__version__}"
 _TEMPORARY_WORDS = ("temporar", "try again", "retry", "timeout", "busy", "overload")
+# Words of a message beside `status: success` saying that the records are not all of them.
+_INCOMPLETE_WORDS = ("limit", "partial", "truncat", "incomplete", "timeout", "timed out", "error")
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,11 @@ class ApiClient:
         self.requests_sent += 1
         try:
             response = self._session.post(
-                self.url, data=form, timeout=self._timeouts, **self._send_options
+                self.url,
+                data=form,
+                timeout=self._timeouts,
+                allow_redirects=False,  # the signed form goes to TCXC_API_URL only
+                **self._send_options,
             )
             body = response.raw.read(decode_content=True)  # all of it; then back to the pool
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
@@ -128,6 +136,12 @@ def classify(status: int, headers: Any, body: bytes) -> Page:
         )
     if status >= 500:
         raise RetriableApiError(f"the API failed with HTTP {status}", status=status)
+    if 300 <= status < 400:
+        raise FatalApiError(
+            f"the API answered HTTP {status}, a redirect, which is not followed (it would send "
+            "the signed request elsewhere): set TCXC_API_URL to the address it redirects to",
+            status=status,
+        )
     if status >= 400:
         raise FatalApiError(f"the API refused the request with HTTP {status}", status=status)
     try:
@@ -143,6 +157,7 @@ def _envelope(payload: Any, status: int, body: bytes) -> Page:
     state = payload.get("status")
     if state == "success":
         records = payload.get("cdrs")
+        _refuse_qualified_success(payload, status)
         if isinstance(records, list):
             return Page(records=records, body=body)
         raise FatalApiError("unrecognised success response: no `cdrs` list", status=status)
@@ -162,6 +177,27 @@ def _envelope(payload: Any, status: int, body: bytes) -> Page:
     raise FatalApiError(f"unrecognised response: status={state!r}, keys: {keys}")
 
 
+def _refuse_qualified_success(payload: dict[str, Any], status: int) -> None:
+    """Raise when a success envelope also reports a problem: an `error` field with a value,
+    or a message saying the records are limited, partial or in error. Taking such a page as
+    the whole of its records could load less than the API holds."""
+    error = payload.get("error")
+    message = payload.get("message")
+    if error not in (None, "", False):
+        said = str(error)[:200]
+    elif isinstance(message, str) and any(w in message.lower() for w in _INCOMPLETE_WORDS):
+        said = message[:200]
+    else:
+        return
+    if any(word in said.lower() for word in _TEMPORARY_WORDS):
+        raise RetriableApiError(f"the API reported success with a temporary error: {said}")
+    raise FatalApiError(
+        f"the API reported success together with a problem, so the page may not hold every "
+        f"record: {said}",
+        status=status,
+    )
+
+
 def _unparsable(status: int, headers: Any, body: bytes) -> ApiError:
     kind = str(headers.get("Content-Type", "")).split(";")[0] or "unknown type"
     stripped = body.lstrip()
@@ -173,12 +209,20 @@ def _unparsable(status: int, headers: Any, body: bytes) -> ApiError:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds to wait: a number of seconds, or an HTTP date (RFC 9110)."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _reason(exc: requests.RequestException) -> str:
