@@ -242,20 +242,24 @@ def _sorting(name: str, records: Sequence[Any]) -> bool:
 
 
 def _keys(records: Sequence[Any]) -> list[Any]:
-    """Each record's i_cdr as sent; None when it has none (or one that is not hashable, or
-    the record is not an object)."""
+    """Each record's i_cdr as text (as sent when a string, so that the usual page costs no
+    conversion; a number as its text, so that 5000099 and "5000099" from two answers are one
+    record); None when it has none (or one that is not a scalar, or the record is not an
+    object)."""
     if set(map(type, records)) == {dict}:  # the usual page: C-speed key reads
         keys = list(map(dict.get, records, repeat("i_cdr")))
-        if set(map(type, keys)) <= _SCALARS:
+        if set(map(type, keys)) == {str}:
             return keys
-    return [_hashable(r.get("i_cdr") if isinstance(r, dict) else None) for r in records]
-
-
-_SCALARS = {str, int, float, bool, type(None)}
+    else:
+        keys = [r.get("i_cdr") if isinstance(r, dict) else None for r in records]
+    return list(map(_hashable, keys))
 
 
 def _hashable(key: Any) -> Any:
-    return None if isinstance(key, dict | list) else key
+    """``key`` as text (a string as it is), or None when it is none or not a scalar."""
+    if key is None or isinstance(key, str):
+        return key
+    return str(key) if isinstance(key, int | float | bool) else None
 
 
 def _by_key(records: Sequence[Any], keys: Sequence[Any]) -> dict[Any, Any]:

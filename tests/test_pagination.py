@@ -246,3 +246,19 @@ def test_a_tie_served_again_in_another_order_is_not_taken_for_an_ignored_offset(
     paginator.take(tie[:2], page_digest(repr(tie[:2]).encode()))
     with pytest.raises(PaginationError, match="shares one second"):
         paginator.take(tie[:2], page_digest(repr(tie[:2]).encode()))
+
+
+def test_an_i_cdr_sent_as_a_number_on_one_page_and_a_string_on_the_next_is_one_record() -> None:
+    """A server that sends i_cdr as a JSON number in some answers and as a string in others
+    (both are the same CDR): the tie a page re-reads is recognised, not taken for records
+    that vanished (which failed every window of more than one page)."""
+    tied = _tie_server([n // 3 for n in range(60)], cap=1000, reorder=False)
+
+    def flipping(off: int, pager: int) -> list[dict[str, Any]]:
+        page = tied(off, pager)
+        if (off // 10) % 2:  # every other request sends numbers
+            return [{**r, "i_cdr": int(r["i_cdr"])} for r in page]
+        return page
+
+    delivered = _take_all(flipping, OffsetPaginator(10))
+    assert sorted({int(i) for i in delivered}) == list(range(60))
