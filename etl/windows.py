@@ -30,10 +30,14 @@ class Window:
     end: datetime
 
     def api_params(self, tz: object) -> dict[str, str]:
-        """``date_from``/``date_to`` in the API's time zone and format."""
+        """``date_from``/``date_to`` in the API's time zone and format. ``date_to`` is a second
+        past the window's end: whether the API's bounds are inclusive or exclusive is
+        undocumented, and with both exclusive a call on the boundary second two windows share
+        would be in neither request (one a second past it is read twice, loaded once)."""
+        past_end = self.end.astimezone(UTC) + timedelta(seconds=1)
         return {
             "date_from": self.start.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
-            "date_to": self.end.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
+            "date_to": past_end.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
         }
 
     def __str__(self) -> str:

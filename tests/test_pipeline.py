@@ -152,6 +152,32 @@ def test_capped_pages_and_any_order_still_yield_every_row(
         assert _db_ids(engine) == _api_ids(sim)
 
 
+def test_records_on_window_boundaries_load_whatever_the_api_bounds(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """Calls set up exactly on a window boundary load even from an API whose date bounds are
+    both exclusive (date_from < t < date_to): each window asks up to a second past its end,
+    so the boundary second is inside one window's request whatever the bounds."""
+    with Simulator(replace(sim_config, exclusive_bounds=True)) as sim:
+        base = dict(sim.records("buyer1")[0])
+        for k, day in enumerate(range(22, 26)):
+            at = f"2026-09-{day} 00:00:00"
+            sim.publish(
+                "buyer1",
+                {
+                    **base,
+                    "i_cdr": str(990000001 + k),
+                    "call_id": f"b{k}",
+                    "setup_time": at,
+                    "connect_time": at,
+                    "disconnect_time": at,
+                },
+            )
+        summary = _backfill(sim, engine, window=timedelta(days=1), window_rows=0)
+        assert summary.ok
+        assert _db_ids(engine) == _api_ids(sim)
+
+
 def test_pages_in_an_order_no_field_sorts_are_read_twice(
     sim_config: SimulatorConfig, engine: Engine
 ) -> None:

@@ -40,7 +40,9 @@ def test_empty_range_is_a_usage_error() -> None:
 
 
 def test_api_params_are_in_the_api_zone() -> None:
-    """date_from/date_to are formatted in the API's zone, without a zone suffix."""
+    """date_from/date_to are formatted in the API's zone, without a zone suffix; date_to a
+    second past the window's end (a call on a shared boundary second is asked for by one
+    request even if the API's bounds are both exclusive)."""
     from zoneinfo import ZoneInfo
 
     window = next(
@@ -49,7 +51,7 @@ def test_api_params_are_in_the_api_zone() -> None:
         )
     )
     params = window.api_params(ZoneInfo("America/New_York"))
-    assert params == {"date_from": "2025-12-31 19:00:00", "date_to": "2026-01-01 19:00:00"}
+    assert params == {"date_from": "2025-12-31 19:00:00", "date_to": "2026-01-01 19:00:01"}
 
 
 DAY = timedelta(days=1)
@@ -140,9 +142,11 @@ def test_windows_across_a_dst_change_are_real_instants_with_contiguous_texts(
         assert before.end.astimezone(UTC) == after.start.astimezone(UTC)
     texts = [w.api_params(tz) for w in windows]
     assert texts[0]["date_from"] == day.strftime("%Y-%m-%d %H:%M:%S")
-    assert texts[-1]["date_to"] == (day + timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
-    for before, after in itertools.pairwise(texts):
-        assert before["date_to"] == after["date_from"]
+    last = (day + timedelta(days=1, seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert texts[-1]["date_to"] == last
+    for before, after in itertools.pairwise(texts):  # each asks a second into the next
+        next_from = datetime.strptime(after["date_from"], "%Y-%m-%d %H:%M:%S")
+        assert before["date_to"] == (next_from + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
     # A resumed backfill: each planned window is covered by the committed windows only once
     # they include that window itself (its instants), never by a neighbour's.
     for k, window in enumerate(windows):

@@ -43,6 +43,8 @@ class SimulatorConfig:
     skew_seconds: int = 300
     latency: float = 0.0
     filter_field: str = "setup_time"
+    # Both date bounds exclusive (date_from < t < date_to), as an API may compare them.
+    exclusive_bounds: bool = False
     port: int = 0
     host: str = "127.0.0.1"  # only a container (docker-compose) should listen elsewhere
     live: bool = False

@@ -115,7 +115,11 @@ class Engine:
             if self._withdrawals and query.off > 0:
                 store.withdraw_first(query.date_from, query.date_to, query.prefix, self._withdraw)
                 self._withdrawals -= 1
-            rows = store.page(query.date_from, query.date_to, query.prefix, query.off, limit)
+            lo, hi = query.date_from, query.date_to
+            if self.config.exclusive_bounds:  # (times are whole seconds)
+                lo = None if lo is None else lo + 1
+                hi = None if hi is None else hi - 1
+            rows = store.page(lo, hi, query.prefix, query.off, limit)
         every = self.config.duplicate_every
         if every > 0:
             rows = [row for k, row in enumerate(rows, 1) for _ in range(2 if k % every == 0 else 1)]
