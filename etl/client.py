@@ -97,6 +97,7 @@ class ApiClient:
         form = {"show": "all", **params}
         form.update(signed_params(self._api_key, self.api_login, int(self._clock())))
         self.requests_sent += 1
+        deadline = time.monotonic() + self._timeouts[1]
         try:
             response = self._session.post(
                 self.url,
@@ -105,7 +106,7 @@ class ApiClient:
                 allow_redirects=False,  # the signed form goes to TCXC_API_URL only
                 **self._send_options,
             )
-            body = response.raw.read(decode_content=True)  # all of it; then back to the pool
+            body = _read_body(response.raw, deadline)  # all of it; then back to the pool
         except (requests.Timeout, urllib3.exceptions.TimeoutError):
             raise RetriableApiError("the API did not answer in time") from None
         except requests.ConnectionError as exc:
@@ -124,6 +125,21 @@ class ApiClient:
                 exc.message = clean
                 exc.args = (clean,)
             raise
+
+
+def _read_body(raw: Any, deadline: float) -> bytes:
+    """The whole body, in as few reads as the data allows; RetriableApiError once
+    ``deadline`` (TCXC_READ_TIMEOUT after the request left) has passed: the socket's timeout
+    bounds each wait for data only, so a body trickling in could take hours."""
+    chunks: list[bytes] = []
+    while chunk := raw.read1(1 << 20, decode_content=True):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raw.close()  # (its connection is not reused: the rest of the body is unread)
+            raise RetriableApiError(
+                "the API's answer took longer than TCXC_READ_TIMEOUT to arrive in full"
+            )
+    return b"".join(chunks)
 
 
 def classify(status: int, headers: Any, body: bytes) -> Page:

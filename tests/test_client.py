@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from etl.client import ApiClient, classify
-from etl.errors import ApiError, FatalApiError, RateLimitedError
+from etl.errors import ApiError, FatalApiError, RateLimitedError, RetriableApiError
 
 RECORD = {"i_cdr": "1", "setup_time": "2026-09-21 10:00:00"}
 
@@ -101,3 +101,28 @@ def test_a_redirect_is_not_followed(status: int) -> None:
             with pytest.raises(FatalApiError, match="TCXC_API_URL"):
                 client.fetch_page({"pager": "10", "off": "0"})
     assert reached == []
+
+
+def test_a_body_that_trickles_in_is_cut_at_the_read_timeout() -> None:
+    """An answer whose body arrives a byte at a time, each byte within the read timeout: the
+    timeout bounds the whole answer (it bounded each wait for data, so a page could take
+    hours), and the request is retried as one that did not answer in time."""
+
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        try:
+            for _ in range(1000):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
+
+    with _server(trickle) as (url, _received):
+        client = ApiClient(url, "buyer1", "key-one", read_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(RetriableApiError, match="TCXC_READ_TIMEOUT"):
+            client.fetch_page({"pager": "10", "off": "0"})
+        assert time.monotonic() - started < 5
