@@ -13,9 +13,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, Protocol
 
 import psycopg
@@ -163,8 +164,10 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
     where = f"account {job.api_login}, window {window}"
     paginator, restarts = first_page(), 0
     seen: set[str] | None = set()  # the i_cdr read, while no known field sorts the pages
+    latest: str | None = None  # the latest time the window's records hold (API text)
     while not paginator.done:
         page = fetch_page(job, window, paginator)
+        latest = latest_time(page.records, latest)
         try:
             records = paginator.take(page.records, page_digest(page.body))
             if seen is not None:
@@ -182,17 +185,67 @@ def fetch_window(job: Job, window: Window) -> Iterator[Records]:
                 exc,
             )
             # Pages already loaded come again: held alike, they are counted unchanged.
-            paginator, seen = first_page(), set()
+            paginator, seen, latest = first_page(), set(), None
             continue
         except ApiError as exc:
             raise exc.located(where) from None
         yield records
+    if window.end - window.start > job.settings.window + JOIN_SLACK:  # a joined window
+        _probe_the_rest(job, window, latest, where)
     if seen is not None and paginator.unordered:
         # Pages of another size: a server whose order depends on the request's own offset and
         # size cuts its pages elsewhere, and one whose order is random cuts them anew.
         other = max(1, job.settings.page_size - job.settings.page_size // 3)
         _read_again(
             job, window, OffsetPaginator(other, job.settings.max_pages_per_window), seen, where
+        )
+
+
+# A window longer than TCXC_WINDOW by more than this (a DST day is an hour longer) was joined.
+JOIN_SLACK = timedelta(hours=1)
+_TIMES = ("setup_time", "connect_time", "disconnect_time")
+
+
+def latest_time(records: Sequence[Any], latest: str | None) -> str | None:
+    """The latest time text among ``records`` and ``latest`` ('YYYY-MM-DD HH:MM:SS' texts sort
+    as times do; values that are not strings leave a field out)."""
+    found = [latest] if latest else []
+    for name in _TIMES:
+        try:
+            found.append(max(filter(None, map(dict.get, records, repeat(name)))))
+        except (TypeError, ValueError):  # not all strings (or objects), or none
+            texts = [r.get(name) for r in records if isinstance(r, dict)]
+            strings = [text for text in texts if isinstance(text, str) and text]
+            found += [max(strings)] if strings else []
+    return max(found, default=None)
+
+
+def _probe_the_rest(job: Job, window: Window, latest: str | None, where: str) -> None:
+    """Raise PaginationError if the API holds records in the part of a joined ``window`` after
+    its records' ``latest`` time when asked for that part alone: it cut the window's requests
+    short (an API may limit the date range one request covers, silently), so later records of
+    the window were never read. Asked only when that part is longer than a planned window
+    (the account's traffic made the window's rows expected all along it)."""
+    tz = job.settings.api_timezone
+    if latest is None:
+        since = window.start + job.settings.window
+    else:
+        try:
+            since = datetime.fromisoformat(latest[:19]).replace(tzinfo=tz).astimezone(UTC)
+        except ValueError:
+            return  # not a time: the records' own checks will say so
+    if window.end - since <= job.settings.window:
+        return
+    rest = Window(max(since, window.start), window.end)
+    page = fetch_page(job, rest, OffsetPaginator(job.settings.page_size))
+    later = latest_time(page.records, None)
+    if later is not None and (latest is None or later > latest):
+        raise PaginationError(
+            f"the window's records stop at {latest or 'its start'}, but asked for the rest of "
+            f"the window alone the API returns records as late as {later}: it cuts a request's "
+            "date range short, so joined windows would load less than it holds; set "
+            "TCXC_WINDOW_ROWS=0 and a TCXC_WINDOW within the API's limit",
+            where=where,
         )
 
 

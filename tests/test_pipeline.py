@@ -423,6 +423,25 @@ def test_reject_with_nul_in_its_i_cdr_is_stored(sim: Simulator, engine: Engine) 
 JOINING = {"window": timedelta(hours=12), "window_rows": 400, "page_size": 50, "workers": 1}
 
 
+def test_an_api_that_cuts_long_date_ranges_fails_joined_windows_loudly(
+    sim_config: SimulatorConfig, engine: Engine
+) -> None:
+    """An API that silently serves at most a day after date_from: a joined window of several
+    days would end on its empty page with the later days never read. When a joined window's
+    records stop well before its end, one request for the rest shows whether the API holds
+    more there: it does, so the window fails naming the settings to change; with windows of
+    a planned day and no joining, everything loads."""
+    with Simulator(replace(sim_config, max_span=86_400)) as sim:
+        joined = _backfill(
+            sim, engine, **{**JOINING, "window": timedelta(days=1), "window_rows": 1000}
+        )
+        assert not joined.ok, "joined windows of several days were taken as complete"
+        assert "TCXC_WINDOW_ROWS=0" in str(joined.failures[0][1])
+        plain = _backfill(sim, engine, **{**JOINING, "window": timedelta(days=1), "window_rows": 0})
+        assert plain.ok
+        assert _db_ids(engine) == _api_ids(sim)
+
+
 def test_sparse_windows_are_joined_and_still_load_every_cdr_once(
     sim: Simulator, engine: Engine
 ) -> None:

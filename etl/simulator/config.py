@@ -38,6 +38,8 @@ class SimulatorConfig:
     days: int = 30
     max_page_size: int | None = None
     max_offset: int | None = None  # an API that serves nothing from this offset on
+    # An API that silently cuts a request's date range to this many seconds after date_from.
+    max_span: int | None = None
     order: str = "asc"
     duplicate_every: int = 0
     skew_seconds: int = 300

@@ -116,6 +116,8 @@ class Engine:
                 store.withdraw_first(query.date_from, query.date_to, query.prefix, self._withdraw)
                 self._withdrawals -= 1
             lo, hi = query.date_from, query.date_to
+            if self.config.max_span is not None and lo is not None:
+                hi = lo + self.config.max_span if hi is None else min(hi, lo + self.config.max_span)
             if self.config.exclusive_bounds:  # (times are whole seconds)
                 lo = None if lo is None else lo + 1
                 hi = None if hi is None else hi - 1
