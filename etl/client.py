@@ -218,7 +218,9 @@ def _unparsable(status: int, headers: Any, body: bytes) -> ApiError:
     kind = str(headers.get("Content-Type", "")).split(";")[0] or "unknown type"
     stripped = body.lstrip()
     if stripped.startswith((b"{", b"[")):
-        return RetriableApiError(f"truncated JSON response ({len(body)} bytes)", status=status)
+        return RetriableApiError(
+            f"truncated or invalid JSON response ({len(body)} bytes)", status=status
+        )
     if not stripped:
         return RetriableApiError("empty response body", status=status)
     return RetriableApiError(f"non-JSON response ({kind}, {len(body)} bytes)", status=status)
