@@ -92,9 +92,15 @@ def serve(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if not self.path.startswith(("/metrics", "/healthz")):
+                self._send(404, b"not found\n", "text/plain")
+                return
             try:
                 statuses = read_statuses()
             except Exception as exc:  # the database is down: unhealthy, and say why
+                if self.path.startswith("/metrics"):  # the counters, without the lag gauges
+                    self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                    return
                 self._send(
                     503,
                     orjson.dumps({"healthy": False, "error": type(exc).__name__}),
@@ -104,7 +110,7 @@ def serve(
             metrics.update_accounts(statuses)
             if self.path.startswith("/metrics"):
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path.startswith("/healthz"):
+            else:
                 lagging = [s.api_login for s in statuses if s.lagging]
                 body = {
                     "healthy": not lagging,
@@ -112,8 +118,6 @@ def serve(
                     "checked_at": datetime.now(UTC).isoformat(),
                 }
                 self._send(503 if lagging else 200, orjson.dumps(body), "application/json")
-            else:
-                self._send(404, b"not found\n", "text/plain")
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)

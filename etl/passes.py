@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from etl import state
 from etl.config import Settings
 from etl.db import database_errors
-from etl.errors import EtlError
+from etl.errors import EtlError, StopRequestedError
 from etl.locks import account_lock
 from etl.pipeline import Job, RunSummary, run_logged
 from etl.windows import Window, plan_windows
@@ -99,14 +99,16 @@ def run_pass(
     finished meanwhile (another daemon's, due at the same time)."""
     where = f"{kind} pass of account {job.api_login}"
     deep = kind == DEEP
-    due = state.database_now(engine) if deep else None
+    with database_errors(where):
+        due = state.database_now(engine) if deep else None
     with (
         database_errors(where),
         account_lock(engine, job.api_login, wait=deep, stop=job.stop) as locked,
     ):
         if not locked:
-            if job.stop.is_set():
-                return PassResult(job.api_login, None, "stopped while waiting for the lock")
+            if job.stop.is_set():  # not done: the pass did not complete
+                stopped = StopRequestedError("stopped while waiting for the account's lock")
+                return PassResult(job.api_login, None, error=stopped)
             log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
             return PassResult(job.api_login, None, "locked by another run")
         if due is not None and state.deep_pass_finished_since(

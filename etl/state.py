@@ -70,16 +70,36 @@ def start_run(
     return int(run_id)
 
 
+_ABANDON = text("""
+UPDATE etl_run r
+SET status = 'abandoned',
+    error = 'the run ended without closing this row (its process died, or lost the database);'
+            || ' the windows it committed are kept',
+    windows = w.windows, pages = w.pages, rows_fetched = w.rows_fetched,
+    inserted = w.inserted, updated = w.updated, unchanged = w.unchanged,
+    rejected = w.rejected, conflicts = w.conflicts
+FROM (
+    SELECT r2.id, count(s.id) AS windows, coalesce(sum(s.pages), 0) AS pages,
+           coalesce(sum(s.rows_fetched), 0) AS rows_fetched,
+           coalesce(sum(s.inserted), 0) AS inserted, coalesce(sum(s.updated), 0) AS updated,
+           coalesce(sum(s.unchanged), 0) AS unchanged, coalesce(sum(s.rejected), 0) AS rejected,
+           coalesce(sum(s.conflicts), 0) AS conflicts
+    FROM etl_run r2 LEFT JOIN sync_window s ON s.run_id = r2.id AND s.status = 'done'
+    WHERE r2.api_login = :login AND r2.status = 'running'
+    GROUP BY r2.id
+) w
+WHERE r.id = w.id
+""")
+
+
 def abandon_stale_runs(engine: Engine, api_login: str) -> int:
-    """Mark the account's runs still 'running' as 'abandoned' (their process died).
+    """Mark the account's runs still 'running' as 'abandoned' (their process died), with the
+    totals of the windows they committed (kept: each committed in its own transaction; a
+    joined window counts as one window here, as its ledger row).
 
     Called by a run that holds the account's lock, so no live process owns them."""
     with engine.begin() as conn:
-        result = conn.execute(
-            update(etl_run)
-            .where(etl_run.c.api_login == api_login, etl_run.c.status == "running")
-            .values(status="abandoned", error="the process ended without closing this run")
-        )
+        result = conn.execute(_ABANDON, {"login": api_login})
     return int(result.rowcount)
 
 

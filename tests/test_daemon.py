@@ -312,17 +312,56 @@ def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> N
 
 
 def test_a_pass_that_cannot_reach_the_database_counts_as_failed(sim: Simulator) -> None:
-    """A daemon pass whose database is down is counted in tcxc_runs_total as failed (the run
-    row cannot be written, but the failure must still show on a dashboard)."""
+    """A daemon pass (incremental or deep) whose database is down is counted in
+    tcxc_runs_total as failed (the run row cannot be written, but the failure must still show
+    on a dashboard), and /metrics still serves the counters while /healthz says 503."""
     from etl import db
+    from etl.metrics import serve
 
     settings = make_settings(sim, start_date=datetime(2026, 9, 21))
     metrics = Metrics()
     down = db.make_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     try:
-        incremental, _deep = daemon_passes(down, [make_job(settings)], metrics)
+        incremental, deep = daemon_passes(down, [make_job(settings)], metrics)
         incremental()
+        deep()
     finally:
         down.dispose()
     text = generate_latest(metrics.registry).decode()
-    assert f'tcxc_runs_total{{kind="{INCREMENTAL}",status="failed"}} 1.0' in text, text
+    for kind in (INCREMENTAL, DEEP):
+        assert f'tcxc_runs_total{{kind="{kind}",status="failed"}} 1.0' in text, text
+
+    def unreadable() -> list[Any]:
+        raise ConnectionError("the database is down")
+
+    server = serve(metrics, "127.0.0.1", free_port(), unreadable)
+    try:
+        port = server.server_address[1]
+        scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert scraped.status_code == 200 and "tcxc_runs_total" in scraped.text
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.status_code == 503 and health.json()["healthy"] is False
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_deep_sync_stopped_while_it_waits_for_the_lock_exits_1(
+    slow_sim: Simulator, database_url: str
+) -> None:
+    """`sync --deep` waits for an account a backfill holds; SIGTERM ends the wait, and the
+    account did not complete: exit 1 naming it (it was counted as a skip, exit 0)."""
+    env = sim_env(slow_sim, database_url, DAEMON_ENV, TCXC_PAGE_SIZE="100")
+    slow = {**env, "TCXC_WINDOW": "1h", "TCXC_WINDOW_ROWS": "0"}  # 240 windows: a while
+    backfill = start_cli("backfill", "--from", "2026-09-21", "--to", "2026-10-01", env=slow)
+    try:
+        _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 1)
+        deep = start_cli("sync", "--deep", env=env)
+        time.sleep(2)
+        deep.send_signal(signal.SIGTERM)
+        out, err = deep.communicate(timeout=60)
+    finally:
+        backfill.terminate()
+        backfill.communicate(timeout=60)
+    assert deep.returncode == 1, out + err
+    assert "stopped while waiting for the account's lock" in out + err

@@ -150,6 +150,17 @@ def test_sigkill_at_random_moments_converges_exactly(database_url: str) -> None:
         statuses = dict(_query(database_url, "SELECT status, count(*) FROM etl_run GROUP BY 1"))
         assert "running" not in statuses, "killed runs are marked abandoned by the next run"
         assert statuses.get("abandoned", 0) >= 15
+        # An abandoned run's totals are those of the windows it committed (they are kept).
+        untrue = _query(
+            database_url,
+            "SELECT r.id FROM etl_run r LEFT JOIN ("
+            " SELECT run_id, count(*) AS windows, sum(inserted) AS inserted,"
+            " sum(rows_fetched) AS fetched FROM sync_window WHERE status = 'done'"
+            " GROUP BY run_id) w ON w.run_id = r.id WHERE r.status = 'abandoned'"
+            " AND (r.inserted, r.rows_fetched) IS DISTINCT FROM"
+            " (coalesce(w.inserted, 0), coalesce(w.fetched, 0))",
+        )
+        assert untrue == [], untrue
 
 
 def test_a_sizeable_share_of_failing_requests_still_converges(

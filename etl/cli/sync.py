@@ -24,7 +24,7 @@ from etl.cli.base import (
     summary_line,
 )
 from etl.config import Settings
-from etl.errors import ConfigError, EtlError
+from etl.errors import ConfigError, EtlError, StopRequestedError
 from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, PassResult, run_all
 from etl.progress import WindowProgress
@@ -207,6 +207,8 @@ def daemon_passes(
         def record(result: PassResult) -> None:
             if result.summary is not None:
                 metrics.runs.labels(kind, result.summary.status).inc()
+            elif isinstance(result.error, StopRequestedError):  # stopped waiting for the lock
+                metrics.runs.labels(kind, "stopped").inc()
             elif result.error is not None:  # no run row (say, the database is down)
                 metrics.runs.labels(kind, "failed").inc()
             # (skipped: another process is syncing the account; that process counts it)
