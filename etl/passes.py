@@ -138,24 +138,31 @@ def run_all(
     now: datetime | None = None,
     on_result: Callable[[PassResult], None] | None = None,
 ) -> list[PassResult]:
-    """A pass for every account, TCXC_PARALLEL_ACCOUNTS at a time; one account's failure does
-    not stop the others. Results come back in the order of ``jobs``; ``on_result`` is called
-    (in the caller's thread) as each account finishes."""
+    """A pass for every account, TCXC_PARALLEL_ACCOUNTS logins at a time; one account's
+    failure does not stop the others. Entries of one login (with different prefixes) share
+    its lock, so they run one after the other rather than skip each other. Results come back
+    in the order of ``jobs``; ``on_result`` is called (in the caller's thread) as each login's
+    entries finish."""
     if not jobs:
         return []
+    by_login: dict[str, list[int]] = {}
+    for n, job in enumerate(jobs):
+        by_login.setdefault(job.api_login, []).append(n)
     done: dict[int, PassResult] = {}
-    at_once = max(1, min(jobs[0].settings.parallel_accounts, len(jobs)))
+    at_once = max(1, min(jobs[0].settings.parallel_accounts, len(by_login)))
+
+    def one_login(numbers: list[int]) -> list[tuple[int, PassResult | None]]:
+        return [(n, _pass_or_error(engine, jobs[n], kind, now)) for n in numbers]
+
     with ThreadPoolExecutor(at_once, thread_name_prefix="account") as pool:
-        futures = {
-            pool.submit(_pass_or_error, engine, job, kind, now): n for n, job in enumerate(jobs)
-        }
+        futures = [pool.submit(one_login, numbers) for numbers in by_login.values()]
         for future in as_completed(futures):
-            result = future.result()
-            if result is None:
-                continue  # a stop was asked for before this account started
-            done[futures[future]] = result
-            if on_result is not None:
-                on_result(result)
+            for n, result in future.result():
+                if result is None:
+                    continue  # a stop was asked for before this account started
+                done[n] = result
+                if on_result is not None:
+                    on_result(result)
     return [done[n] for n in sorted(done)]
 
 

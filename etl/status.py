@@ -124,8 +124,9 @@ def format_status(statuses: list[AccountStatus]) -> str:
     for s in statuses:
         lag = "never" if s.lag_seconds is None else str(timedelta(seconds=int(s.lag_seconds)))
         mark = "  LAGGING" if s.lagging else ""
+        name = f"{s.api_login} ({s.prefix})" if s.prefix else s.api_login
         lines.append(
-            f"{s.api_login:<20} {s.watermark or '-'!s:<26} {lag:>10} "
+            f"{name:<20} {s.watermark or '-'!s:<26} {lag:>10} "
             f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"
             f" {s.rejected_24h:>11} {s.conflicts_24h:>13}{mark}"
         )

@@ -119,3 +119,21 @@ def test_accounts_of_a_pass_sync_at_once_up_to_the_setting(
     assert in_flight == parallel
     loaded = table_rows(engine, "SELECT api_login, count(*) FROM cdr GROUP BY 1 ORDER BY 1")
     assert dict(loaded) == truth
+
+
+def test_one_login_listed_with_two_prefixes_syncs_both_in_one_pass(
+    sim: Simulator, engine: Engine
+) -> None:
+    """Two [[accounts]] entries of one login (all destinations, and prefix 1 only): their
+    passes share the login's lock, so a parallel pass runs them one after the other instead
+    of skipping one as "locked by another run" on every pass (its watermark never moved)."""
+    start, end = sim_range()
+    settings = replace(
+        make_settings(sim), parallel_accounts=4, window=timedelta(days=2), start_date=start
+    )
+    jobs = [make_job(settings), replace(make_job(settings), prefix="1")]
+    results = passes.run_all(engine, jobs, passes.INCREMENTAL, now=end + timedelta(hours=1))
+    assert [r.skipped for r in results] == [None, None], results
+    assert all(r.ok and r.summary is not None for r in results)
+    marks = table_rows(engine, "SELECT prefix, watermark IS NOT NULL FROM sync_state ORDER BY 1")
+    assert marks == [("", True), ("1", True)]
