@@ -93,11 +93,13 @@ def account_status(
             else []
         )
     watermark, last_status, last_at, last_ok, rows_24h, rejected_24h, conflicts_24h = row
-    pending = sum(
-        Window(f.window_start, f.window_end)
-        not in Coverage((d.window_start, d.window_end) for d in done if d.id > f.id)
+    waiting = [
+        (f.window_start, f.window_end)
         for f in failed
-    )
+        if Window(f.window_start, f.window_end)
+        not in Coverage((d.window_start, d.window_end) for d in done if d.id > f.id)
+    ]
+    pending = Coverage(waiting).spans  # a window failing pass after pass counts once
     lag = (now - watermark).total_seconds() if watermark else None
     return AccountStatus(
         api_login=account.login,

@@ -152,6 +152,11 @@ class Coverage:
         self._starts = [start for start, _end in merged]
         self._ends = [end for _start, end in merged]
 
+    @property
+    def spans(self) -> int:
+        """How many disjoint spans the windows make (overlapping or adjacent ones are one)."""
+        return len(self._starts)
+
     def __contains__(self, window: object) -> bool:
         if not isinstance(window, Window):
             return False

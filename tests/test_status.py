@@ -75,3 +75,11 @@ def test_rejects_and_conflicts_of_the_last_day_are_counted(engine: Engine) -> No
         )
     status = account_status(engine, Account("buyer1", Secret("k")), now, DAY)
     assert (status.rejected_24h, status.conflicts_24h) == (1, 2)
+
+
+def test_a_window_failing_pass_after_pass_counts_once(engine: Engine) -> None:
+    """An account whose every pass fails the same window (a wrong key, say): each pass retries
+    it from the same start with a later end, and the failed rows overlap. They are one span
+    waiting for a retry, not one per pass; spans apart count apart."""
+    _ledger(engine, ("failed", 5, 6), ("failed", 5, 7), ("failed", 5, 8), ("failed", 20, 21))
+    assert _pending(engine) == 2
