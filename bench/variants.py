@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,7 +39,7 @@ from etl.config import Secret, Settings
 from etl.fields import API_KEYS, FIELD_KINDS, FIELDS
 from etl.normalize import ROW_COLUMNS, Normalizer
 from etl.retry import RetryPolicy
-from etl.windows import Window, plan_windows
+from etl.windows import API_TIME_FORMAT, Window, plan_windows
 
 SOL_TYPES = {"text": "text", "bigint": "bigint", "count": "integer", "decimal": "numeric"}
 
@@ -57,9 +57,15 @@ def _client(args: dict[str, Any]) -> ApiClient:
 
 
 def _pages(client: ApiClient, window: Window, page_size: int) -> Any:
-    """Every page of a window, advancing ``off`` by the rows received."""
+    """Every page of a window, advancing ``off`` by the rows received. The baselines ask for
+    the window's own bounds (tcxc-etl asks a second past the end, see ``Window.api_params``),
+    so that windows share only their boundary second."""
     offset = 0
-    base = window.api_params(ZoneInfo("UTC"))
+    bounds = (window.start.astimezone(UTC), window.end.astimezone(UTC))
+    base = {
+        name: moment.strftime(API_TIME_FORMAT)
+        for name, moment in zip(("date_from", "date_to"), bounds, strict=True)
+    }
     while True:
         page: Page = client.fetch_page({**base, "pager": str(page_size), "off": str(offset)})
         if not page.records:
@@ -98,7 +104,7 @@ def copy_into_cdr(args: dict[str, Any]) -> int:
     with psycopg.connect(args["db_url"]) as conn:
         for number, window in enumerate(_windows(args)):
             # Windows share their boundary second: skip what the previous window loaded.
-            shared = window.api_params(ZoneInfo("UTC"))["date_from"] if number else None
+            shared = window.start.astimezone(UTC).strftime(API_TIME_FORMAT) if number else None
             with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 for page in _pages(client, window, args["page_size"]):
                     for record in page.records:
