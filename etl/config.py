@@ -346,8 +346,11 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
     return values
 
 
-def _accounts(entries: list[Any], env: Mapping[str, str], problems: list[str]) -> list[Account]:
-    """Accounts from the TOML ``[[accounts]]`` tables; keys come from env vars or files."""
+def _accounts(
+    entries: list[Any], env: Mapping[str, str], problems: list[str], key_problems: list[str]
+) -> list[Account]:
+    """Accounts from the TOML ``[[accounts]]`` tables; keys come from env vars or files
+    (what is wrong with a key joins ``key_problems``)."""
     accounts: list[Account] = []
     for number, entry in enumerate(entries, 1):
         where = f"--config [[accounts]] #{number}"
@@ -358,7 +361,7 @@ def _accounts(entries: list[Any], env: Mapping[str, str], problems: list[str]) -
         unknown = set(entry) - {"login", "key_env", "key_file", "prefix"}
         if unknown:
             problems.append(f"{where} ({login}): unknown keys {sorted(unknown)}")
-        key = _account_key(entry, env, f"{where} ({login})", problems)
+        key = _account_key(entry, env, f"{where} ({login})", key_problems)
         try:
             prefix = _prefix(str(entry.get("prefix", "")))
         except ValueError as exc:
@@ -400,8 +403,12 @@ def _account_key(
     return ""
 
 
-def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
-    """Build Settings from a TOML file and the environment, or raise one ConfigError."""
+def load_settings(
+    env: Mapping[str, str], config_path: Path | None = None, *, keys: bool = True
+) -> Settings:
+    """Build Settings from a TOML file and the environment, or raise one ConfigError.
+    ``keys=False`` (a command that calls no API): an account's key that cannot be read is
+    left empty instead of being a problem."""
     problems: list[str] = []
     raw = _read_toml(config_path, problems) if config_path else {}
     if config_path and raw.get("TCXC_API_KEY") and config_path.stat().st_mode & 0o077:
@@ -409,7 +416,10 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
     raw.update({name: env[name] for name in SETTINGS if env.get(name, "") != ""})
     values: dict[str, Any] = {}
     if "accounts" in raw:
-        values["configured_accounts"] = tuple(_accounts(raw.pop("accounts"), env, problems))
+        key_problems: list[str] = problems if keys else []
+        values["configured_accounts"] = tuple(
+            _accounts(raw.pop("accounts"), env, problems, key_problems)
+        )
     for name, text in raw.items():
         attr, parse = SETTINGS[name]
         try:

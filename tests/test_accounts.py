@@ -137,3 +137,19 @@ def test_one_login_listed_with_two_prefixes_syncs_both_in_one_pass(
     assert all(r.ok and r.summary is not None for r in results)
     marks = table_rows(engine, "SELECT prefix, watermark IS NOT NULL FROM sync_state ORDER BY 1")
     assert marks == [("", True), ("1", True)]
+
+
+def test_commands_that_call_no_api_need_no_account_keys(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`status` (and the other commands that only read or manage the database) run with a
+    config whose key variables are not set, as on an operator's shell without the secrets;
+    a command that calls the API still stops with exit 2 naming the variable."""
+    config = tmp_path / "tcxc.toml"
+    config.write_text('[[accounts]]\nlogin = "carrier-c"\nkey_env = "TCXC_KEY_C"\n')
+    env = {"DATABASE_URL": database_url}
+    status = run_cli("--config", str(config), "status", env=env)
+    assert status.returncode == 1, status.stderr  # (never synced: lagging)
+    assert "carrier-c" in status.stdout and "TCXC_KEY_C" not in status.stderr
+    sync = run_cli("--config", str(config), "sync", env=env)
+    assert sync.returncode == 2 and "TCXC_KEY_C" in sync.stderr, sync.stderr

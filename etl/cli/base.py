@@ -89,6 +89,7 @@ def make_job(
     """A job for one account (``prefix`` overrides the account's own)."""
     if not account.login or not account.key:
         settings.require_credentials()  # names what is missing (a login without a key, ...)
+        raise ConfigError([f"account {account.login}: its API key could not be read"])
     client = ApiClient(
         settings.api_url,
         account.login,
@@ -141,7 +142,9 @@ def summary_line(windows: int, counts: Counts) -> str:
 def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """Keep a PostgreSQL warehouse of TCXC buyer CDRs complete and current."""
     ctx.obj = {"verbose": verbose}
-    settings = load_settings(os.environ, config_path)
+    settings = load_settings(
+        os.environ, config_path, keys=ctx.invoked_subcommand not in COMMANDS_WITHOUT_API
+    )
     keys = [settings.api_key, *(account.key for account in settings.configured_accounts)]
     redactor = configure(verbose, [key.reveal() for key in keys], [settings.database_url.reveal()])
     _REDACTOR.secrets, _REDACTOR.exact = redactor.secrets, redactor.exact
@@ -149,6 +152,11 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 
 _REDACTOR = RedactingFilter()
+# Commands that never call the TCXC API with the configured accounts: they run without the
+# accounts' keys (an operator's shell may not hold the secrets).
+COMMANDS_WITHOUT_API = frozenset(
+    {"status", "report", "migrate", "db", "grant-readonly", "rebuild-rollup", "demo", "simulate"}
+)
 
 
 def _fail(message: str, code: int) -> NoReturn:
