@@ -139,9 +139,7 @@ def test_one_login_listed_with_two_prefixes_syncs_both_in_one_pass(
     assert marks == [("", True), ("1", True)]
 
 
-def test_commands_that_call_no_api_need_no_account_keys(
-    database_url: str, tmp_path: Path
-) -> None:
+def test_commands_that_call_no_api_need_no_account_keys(database_url: str, tmp_path: Path) -> None:
     """`status` (and the other commands that only read or manage the database) run with a
     config whose key variables are not set, as on an operator's shell without the secrets;
     a command that calls the API still stops with exit 2 naming the variable."""
