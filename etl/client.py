@@ -186,11 +186,16 @@ def _envelope(payload: Any, status: int, body: bytes) -> Page:
             status=status,
         )
     if state in ("fail", "error"):
-        if any(word in message.lower() for word in _TEMPORARY_WORDS):
+        if _temporary(message):
             raise RetriableApiError(f"the API reported a temporary error: {message}")
         raise FatalApiError(f"the API reported an error: {message or '(no message)'}")
     keys = ", ".join(sorted(str(key) for key in payload)[:8])
     raise FatalApiError(f"unrecognised response: status={state!r}, keys: {keys}")
+
+
+def _temporary(message: str) -> bool:
+    """Whether an API message says its error is temporary (worth a retry)."""
+    return any(word in message.lower() for word in _TEMPORARY_WORDS)
 
 
 def _refuse_qualified_success(payload: dict[str, Any], status: int) -> None:
@@ -205,7 +210,7 @@ def _refuse_qualified_success(payload: dict[str, Any], status: int) -> None:
         said = message[:200]
     else:
         return
-    if any(word in said.lower() for word in _TEMPORARY_WORDS):
+    if _temporary(said):
         raise RetriableApiError(f"the API reported success with a temporary error: {said}")
     raise FatalApiError(
         f"the API reported success together with a problem, so the page may not hold every "

@@ -18,7 +18,17 @@ from math import copysign
 from typing import Any
 
 from etl import payload
-from etl.fields import BIGINT, BIGINT_MAX, COUNT, DECIMAL, INT_MAX, MAX_TEXT, TEXT, TIME
+from etl.fields import (
+    BIGINT,
+    BIGINT_MAX,
+    COUNT,
+    DECIMAL,
+    INT_MAX,
+    MAX_TEXT,
+    TEXT,
+    TIME,
+    ZERO_TIMES,
+)
 from etl.pgtext import NULL, PLAIN_FLOAT, copy_escape, jsonb_text, jsonb_texts
 
 _NULLS: dict[Any, str] = {None: NULL, "": NULL}
@@ -206,3 +216,16 @@ def raw_copy_texts(texts: list[str], bad: set[int]) -> list[str]:
     if "\\" in joined:
         return [text.replace("\\", "\\\\") for text in texts]
     return texts
+
+
+def time_span(values: Sequence[Any]) -> tuple[str, str] | None:
+    """The earliest and latest string of a column that is a time (not empty, not the zero
+    date); None when there is none."""
+    try:
+        lo, hi = min(values), max(values)
+        if isinstance(lo, str) and lo and lo not in ZERO_TIMES:  # ("0000-..." sorts first)
+            return lo, hi
+    except (TypeError, ValueError):  # nulls or other types among them; or no values
+        pass
+    present = [v for v in values if isinstance(v, str) and v and v not in ZERO_TIMES]
+    return (min(present), max(present)) if present else None

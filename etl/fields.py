@@ -48,5 +48,8 @@ API_KEYS: tuple[str, ...] = tuple({"cld": "CLD", "cli": "CLI"}.get(name, name) f
 API_KEY_SET = frozenset(API_KEYS)
 # The documented fields the API sends as JSON numbers; it sends every other one as a string.
 NUMBER_FIELDS = frozenset({"billing_price_1", "billing_price_n"})
+# The time fields, the setup first (when several could be the API's date filter, it is taken
+# as the likeliest).
+TIME_FIELDS = ("setup_time", "connect_time", "disconnect_time")
 # Values the API uses for "no time".
 ZERO_TIMES = frozenset({"0000-00-00 00:00:00", "0000-00-00"})

@@ -43,6 +43,7 @@ from etl.columns import (
     positive_ids,
     present_strings,
     raw_copy_texts,
+    time_span,
     typed_text,
     with_nulls,
 )
@@ -351,7 +352,7 @@ class Normalizer:
         them). The usual page's times all lie within a few hours: one look at the earliest and
         latest text of the page settles it; otherwise each record is read as the reference
         reads it."""
-        spans = [_text_span(columns[i]) for i in _SPREAD_FIELDS]
+        spans = [time_span(columns[i]) for i in _SPREAD_FIELDS]
         texts = [text for span in spans if span for text in span]
         if texts:
             try:
@@ -462,19 +463,6 @@ def _check_spread(values: Sequence[Any]) -> None:
             f"setup_time, connect_time and disconnect_time lie more than {MAX_SPREAD.days}"
             " days apart"
         )
-
-
-def _text_span(values: Sequence[Any]) -> tuple[str, str] | None:
-    """The earliest and latest string of a column that is a time (not empty, not the zero
-    date); None when there is none."""
-    try:
-        lo, hi = min(values), max(values)
-        if isinstance(lo, str) and lo and lo not in ZERO_TIMES:  # ("0000-..." sorts first)
-            return lo, hi
-    except (TypeError, ValueError):  # nulls or other types among them; or no values
-        pass
-    present = [v for v in values if isinstance(v, str) and v and v not in ZERO_TIMES]
-    return (min(present), max(present)) if present else None
 
 
 def _same_documented_keys(records: Sequence[Any]) -> tuple[str, ...] | None:

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 
-from etl.window_sync import Job, Records, fetch_window
+from etl.window_fetch import Records, fetch_window
+from etl.window_sync import Job
 from etl.windows import Window
 
 # Pages handed over but not yet taken by the loader, per window. A parsed page of 1,000

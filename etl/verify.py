@@ -1,6 +1,6 @@
 """Verification: re-read a range from the API and compare it with the warehouse, writing nothing.
 
-Each window of the range is fetched by the pipeline's own ``etl.window_sync.fetch_window``
+Each window of the range is fetched by the pipeline's own ``etl.window_fetch.fetch_window``
 (same paging, loop guards, retries), normalised by the same Normalizer, and COPYed into the
 transaction's temporary staging table, so memory does not grow with the range. The comparison
 is set-based SQL. The whole check runs in one transaction that is always rolled back: nothing
@@ -33,13 +33,12 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Engine
 
-from etl import load, reporting, window_sync
+from etl import load, reporting, window_fetch, window_sync
 from etl.db import database_errors
-from etl.fields import FIELDS
+from etl.fields import FIELDS, TIME_FIELDS
 from etl.normalize import Normalizer
 from etl.windows import Window, plan_windows
 
-TIME_FIELDS = ("setup_time", "connect_time", "disconnect_time")
 FALLBACK_FIELD = "connect_time"
 KINDS = ("missing", "extra", "different")
 EXAMPLES = 20
@@ -185,7 +184,7 @@ def _stage_window(
     state: tuple[FieldFit, Tally],
 ) -> None:
     fit, tally = state
-    for records in window_sync.fetch_window(job, window):  # the pipeline's paging and retries
+    for records in window_fetch.fetch_window(job, window):  # the pipeline's paging and retries
         job.check_stop(f"account {job.api_login}, window {window}")
         rows, rejects = window_sync.normalise_page(normalizer, records, job.api_login)
         load.stage_rows(conn, rows, tally.rows_fetched)

@@ -222,6 +222,15 @@ def test_database_restart_mid_run(own_server: EmbeddedPostgres) -> None:
         assert _table(url) == _truth(sim)
 
 
+def _dump(database_url: str, *tables: str) -> str:
+    """Every row of ``tables`` as text: where a leaked secret would show."""
+    return "\n".join(
+        str(row)
+        for table in tables
+        for row in _query(database_url, f"SELECT t::text FROM {table} t")
+    )
+
+
 def test_secrets_never_leak(sim_config: SimulatorConfig, database_url: str, tmp_path: Path) -> None:
     """With faults, a wrong key and --verbose, neither the key nor any signature appears in
     output, logs or any table; a world-readable config file with a key is warned about."""
@@ -252,10 +261,8 @@ def test_secrets_never_leak(sim_config: SimulatorConfig, database_url: str, tmp_
     finished = int(time.time()) + 5
     assert "can be read by other users" in runs[2].stderr
     output = "\n".join(r.stdout + r.stderr for r in runs)
-    dump = "\n".join(
-        str(row)
-        for table in ("cdr", "cdr_reject", "cdr_conflict", "etl_run", "sync_window", "sync_state")
-        for row in _query(database_url, f"SELECT t::text FROM {table} t")
+    dump = _dump(
+        database_url, "cdr", "cdr_reject", "cdr_conflict", "etl_run", "sync_window", "sync_state"
     )
     signatures = {
         compute_signature(secret, login, ts)
@@ -333,11 +340,7 @@ def test_an_api_that_echoes_secrets_in_its_errors_leaks_none(
         )
     assert result.returncode == 1 and api.signatures, result.stderr
     output = result.stdout + result.stderr
-    dump = "\n".join(
-        str(row)
-        for table in ("etl_run", "sync_window")
-        for row in _query(database_url, f"SELECT t::text FROM {table} t")
-    )
+    dump = _dump(database_url, "etl_run", "sync_window")
     assert "invalid request" in dump, "the API's message reached the run history"
     for haystack in (output, dump):
         assert key not in haystack and key[:10] not in haystack

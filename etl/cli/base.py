@@ -159,8 +159,12 @@ COMMANDS_WITHOUT_API = frozenset(
 )
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _say_error(message: str) -> None:
     click.echo(f"tcxc-etl: error: {_REDACTOR.redact(message)}", err=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _say_error(message)
     sys.exit(code)
 
 
@@ -169,7 +173,7 @@ def exit_now(message: str, code: int) -> NoReturn:
     other threads (a fetch slot can hang in a request for up to TCXC_READ_TIMEOUT): the
     database connections they hold close with the process, which rolls back their
     transactions."""
-    click.echo(f"tcxc-etl: error: {_REDACTOR.redact(message)}", err=True)
+    _say_error(message)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
