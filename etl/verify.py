@@ -83,12 +83,15 @@ class FieldFit:
     outside: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FIELDS, 0))
 
     def observe(self, rows: Sequence[Sequence[Any]], window: Window) -> None:
+        """Count each time inside or outside the range requested for ``window`` (its
+        ``requested_end``: an inclusive API returns calls on that second too)."""
+        end = window.requested_end
         for row in rows:
             for name, index in _TIME_INDEX.items():
                 value = row[index]
                 if value is None:
                     continue
-                if window.start <= value <= window.end:
+                if window.start <= value <= end:
                     self.inside[name] += 1
                 else:
                     self.outside[name] += 1

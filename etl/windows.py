@@ -29,15 +29,19 @@ class Window:
     start: datetime
     end: datetime
 
+    @property
+    def requested_end(self) -> datetime:
+        """The ``date_to`` asked for: a second past the window's end. Whether the API's bounds
+        are inclusive or exclusive is undocumented, and with both exclusive a call on the
+        boundary second two windows share would be in neither request (one a second past it
+        is read twice, loaded once)."""
+        return self.end.astimezone(UTC) + timedelta(seconds=1)
+
     def api_params(self, tz: object) -> dict[str, str]:
-        """``date_from``/``date_to`` in the API's time zone and format. ``date_to`` is a second
-        past the window's end: whether the API's bounds are inclusive or exclusive is
-        undocumented, and with both exclusive a call on the boundary second two windows share
-        would be in neither request (one a second past it is read twice, loaded once)."""
-        past_end = self.end.astimezone(UTC) + timedelta(seconds=1)
+        """``date_from``/``date_to`` (``requested_end``) in the API's time zone and format."""
         return {
             "date_from": self.start.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
-            "date_to": past_end.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
+            "date_to": self.requested_end.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
         }
 
     def __str__(self) -> str:

@@ -329,3 +329,24 @@ def test_following_verify_advice_repairs_what_a_sync_can(
     assert after.returncode == 1
     assert "0 missing, 1 extra, 0 different" in after.stderr
     assert "--repair" not in after.stderr and "delete them by hand" in after.stderr
+
+
+def test_a_call_a_second_past_a_window_end_keeps_the_detection(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """Each request asks for a second past its window's end (the API's bounds may be
+    exclusive): on an API whose bounds are inclusive, a call on that second comes back with
+    the earlier window too, and must not be taken for a sign that no field fits."""
+    second_past = {
+        **sim.records("buyer1")[0],
+        "i_cdr": "999000004",
+        "setup_time": "2026-09-28 00:00:01",
+        "connect_time": "2026-09-28 00:00:05",
+        "disconnect_time": "2026-09-28 00:01:05",
+    }
+    sim.publish("buyer1", second_past)
+    settings = _backfill(sim, engine, database_url)
+    report = verify_range(engine, make_job(settings), *RANGE)
+    assert report.time_field.name == "setup_time"
+    assert report.time_field.note.startswith("detected"), report.time_field.note
+    assert report.clean, report.summary()
