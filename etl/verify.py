@@ -33,8 +33,9 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Engine
 
-from etl import load, reporting, window_fetch, window_sync
+from etl import load, reporting, state, window_fetch, window_sync
 from etl.db import database_errors
+from etl.errors import EtlError
 from etl.fields import FIELDS, TIME_FIELDS
 from etl.normalize import Normalizer
 from etl.windows import Window, plan_windows
@@ -217,7 +218,9 @@ def verify_range(
             assert isinstance(conn, psycopg.Connection)
             load.open_stage(conn)
             conn.execute(_OPEN_REJECTS)
-            for window in windows:
+            _seed_budget(engine, job)
+            for done, window in enumerate(windows):
+                _check_budget(job, done, len(windows))
                 _stage_window(conn, job, window, normalizer, (fit, tally))
             time_field = fit.choose()
             period = Period(job.api_login, job.prefix, windows[0].start, windows[-1].end)
@@ -241,6 +244,24 @@ def verify_range(
             )
         finally:
             transaction.rollback()  # verify never writes: even its temp tables go
+
+
+def _seed_budget(engine: Engine, job: window_sync.Job) -> None:
+    """Count the requests the ledger holds for the account's last hour (a pass's, or a
+    backfill's in another process). verify's own are not recorded: it writes nothing."""
+    if job.budget is not None and job.budget.per_hour > 0:
+        job.budget.seed(state.requests_last_hour(engine, job.api_login))
+
+
+def _check_budget(job: window_sync.Job, done: int, planned: int) -> None:
+    """Start no window once the hourly budget is spent (the API's own limit would refuse the
+    requests, or count them against the account's syncs)."""
+    if job.budget is not None and job.budget.hour_exhausted():
+        raise EtlError(
+            f"verify stopped after {done} of {planned} window(s): the hourly request budget "
+            f"(TCXC_REQUESTS_PER_HOUR={job.budget.per_hour}) is spent; run it again later, "
+            "or over a shorter range"
+        )
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Engine, text
 
 from etl import pipeline
+from etl.budget import RequestBudget
 from etl.cli.ops import format_report, what_to_do
 from etl.config import Settings
+from etl.errors import EtlError
 from etl.simulator import Simulator, SimulatorConfig
 from etl.verify import WAREHOUSE_ROWS, Example, verify_range
 from tests.conftest import make_job, make_settings, run_cli, sim_env, table_rows, write_counters
@@ -350,3 +353,20 @@ def test_a_call_a_second_past_a_window_end_keeps_the_detection(
     assert report.time_field.name == "setup_time"
     assert report.time_field.note.startswith("detected"), report.time_field.note
     assert report.clean, report.summary()
+
+
+def test_verify_stops_when_the_hourly_request_budget_is_spent(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """verify counts the requests the ledger holds for the last hour (a backfill's) and starts
+    no window once TCXC_REQUESTS_PER_HOUR is spent: one line naming the setting, exit 1."""
+    settings = _backfill(sim, engine, database_url)
+    (spent,) = table_rows(engine, "SELECT sum(pages) FROM sync_window")[0]
+    tight = replace(make_job(settings), budget=RequestBudget(0, int(spent) + 1))  # 1 request
+    before = sim.requests_served
+    with pytest.raises(EtlError, match="TCXC_REQUESTS_PER_HOUR") as caught:
+        verify_range(engine, tight, *RANGE)
+    assert "verify stopped after 1 of 3 window(s)" in str(caught.value)
+    assert sim.requests_served - before <= 3  # the first window's pages only
+    roomy = replace(make_job(settings), budget=RequestBudget(0, int(spent) + 100))
+    assert verify_range(engine, roomy, *RANGE).clean
