@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import orjson
 import requests
 import urllib3
 
-from etl import __version__
+from etl import __version__, jsonparse
 from etl.errors import (
     ApiError,
     AuthError,
@@ -161,8 +160,8 @@ def classify(status: int, headers: Any, body: bytes) -> Page:
     if status >= 400:
         raise FatalApiError(f"the API refused the request with HTTP {status}", status=status)
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = jsonparse.loads(body)
+    except jsonparse.NotJsonError:
         raise _unparsable(status, headers, body) from None
     return _envelope(payload, status, body)
 

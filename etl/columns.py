@@ -34,7 +34,7 @@ from etl.pgtext import NULL, PLAIN_FLOAT, copy_escape, jsonb_text, jsonb_texts
 _NULLS: dict[Any, str] = {None: NULL, "": NULL}
 _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
-_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit/scale limits
+_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,20})?")  # within the digit/scale limits
 _SEP = payload.SEP  # joins a column's values for the pattern checks (no pattern matches it)
 MAX_CACHED = 100_000  # entries of a page-path cache (float texts here, hour offsets)
 _FLOAT_TEXTS: dict[float, str] = {}  # float -> repr(), for floats _float_texts accepts
@@ -165,7 +165,7 @@ def _repeated(item: str) -> re.Pattern[str]:
     return re.compile(f"(?:{item})(?:{_SEP}(?:{item}))*")
 
 
-_DECIMALS = _repeated(r"-?[0-9]{1,18}(?:\.[0-9]{1,12})?")  # within the digit and scale limits
+_DECIMALS = _repeated(r"-?[0-9]{1,18}(?:\.[0-9]{1,20})?")  # within the digit and scale limits
 TIMES = _repeated("[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-5][0-9]:[0-5][0-9]")
 FAST_CHECKS: dict[str, Callable[[Sequence[Any]], Fast | None]] = {
     TEXT: _text_column,

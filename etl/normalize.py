@@ -3,7 +3,9 @@
 Pure: no I/O. The API sends most values as JSON strings ("duration": "7"), the two
 billing prices as JSON numbers, and '' or null for absent values. Every documented field
 becomes a typed column (integers, exact decimals, timezone-aware times in the API's zone,
-'' -> NULL); unknown extra fields are kept in the raw payload and never reject a row.
+'' -> NULL); unknown extra fields are kept in the raw payload and reject a row only when
+PostgreSQL cannot store them (a NUL character, an integer beyond 64 bits, a string that is
+not valid Unicode). JSON numbers come from ``etl.jsonparse`` as exact floats or Decimals.
 
 Two outputs, one meaning:
 - ``Normalizer.normalize(record)``: one record -> one tuple of typed Python values. It is the
@@ -63,6 +65,7 @@ from etl.fields import (
     TIME,
     ZERO_TIMES,
 )
+from etl.jsonparse import json_number
 from etl.pgtext import (
     NULL,
     copy_escape,
@@ -81,8 +84,10 @@ FUTURE_LIMIT = timedelta(days=1)
 # row from ``verify``, which finds a period's rows through connect_time within this of it).
 MAX_SPREAD = timedelta(days=2)
 _SPREAD_FIELDS = tuple(i for i, name in enumerate(FIELDS) if FIELD_KINDS[name] == TIME)
-MAX_DECIMAL_DIGITS = 30
-MAX_DECIMAL_SCALE = 12
+# Amounts and prices: at most 30 digits before the point and 20 after it (a rate, or an amount
+# computed from one, can have 14 decimals; the columns are unbounded numeric).
+MAX_INTEGER_DIGITS = 30
+MAX_DECIMAL_SCALE = 20
 _INT_RE = re.compile(r"[+-]?\d{1,19}")
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
 
@@ -95,6 +100,13 @@ def _text(value: Any) -> str | None:
         raise ValueError("contains a NUL byte")
     if len(text) > MAX_TEXT:
         raise ValueError(f"is longer than {MAX_TEXT} characters")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: see etl.jsonparse
+            raise ValueError(
+                "is not valid Unicode (an unpaired surrogate, or a byte that is not UTF-8)"
+            ) from None
     return text
 
 
@@ -115,6 +127,8 @@ def _integer(value: Any, low: int, high: int) -> int:
 def _is_integral(value: Any) -> bool:
     if isinstance(value, float):
         return value.is_integer()
+    if isinstance(value, Decimal):  # a JSON number whose float would not be exact
+        return value.is_finite() and value == value.to_integral_value()
     return isinstance(value, str) and _INT_RE.fullmatch(value.strip()) is not None
 
 
@@ -127,7 +141,7 @@ def _count(value: Any) -> int:
 
 
 def _decimal(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"is not a number: {_preview(value)}")
     text = repr(value) if isinstance(value, float) else str(value).strip()
     try:
@@ -138,8 +152,10 @@ def _decimal(value: Any) -> Decimal:
         raise ValueError("is not a finite number")
     _sign, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)
-    if len(digits) + max(exponent, 0) > MAX_DECIMAL_DIGITS or -exponent > MAX_DECIMAL_SCALE:
-        raise ValueError(f"has more precision than {MAX_DECIMAL_DIGITS} digits allow")
+    if -exponent > MAX_DECIMAL_SCALE:
+        raise ValueError(f"has more than {MAX_DECIMAL_SCALE} decimal places: {_preview(value)}")
+    if len(digits) + exponent > MAX_INTEGER_DIGITS:
+        raise ValueError(f"is too large: {_preview(value)}")
     return number
 
 
@@ -208,7 +224,7 @@ class Normalizer:
         _check_spread(values)
         raw = self._payload(record, extra)
         try:
-            raw_json = orjson.dumps(raw).decode()
+            raw_json = orjson.dumps(raw, default=json_number).decode()
         except TypeError as exc:  # orjson refuses e.g. integers beyond 64 bits
             raise InvalidRecordError(f"payload cannot be stored as JSON: {exc}") from None
         if holds_nul(raw_json):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
@@ -259,7 +260,7 @@ def _hashable(key: Any) -> Any:
     """``key`` as text (a string as it is), or None when it is none or not a scalar."""
     if key is None or isinstance(key, str):
         return key
-    return str(key) if isinstance(key, int | float | bool) else None
+    return str(key) if isinstance(key, int | float | bool | Decimal) else None
 
 
 def _by_key(records: Sequence[Any], keys: Sequence[Any]) -> dict[Any, Any]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from etl.fields import (
@@ -68,7 +69,8 @@ def rebuilt(name: str, value: Any, utc: bool) -> bool:
     if name in NUMBER_FIELDS:
         if type(value) is float:
             return _DECIMAL_RE.fullmatch(repr(value)) is not None
-        return type(value) is int and _DECIMAL_RE.fullmatch(str(value)) is not None
+        # an int, or a Decimal (a number whose float would not be exact): its digits as sent
+        return type(value) in (int, Decimal) and _DECIMAL_RE.fullmatch(str(value)) is not None
     if type(value) is not str or not value:
         return False
     kind = FIELD_KINDS[name]

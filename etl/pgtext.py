@@ -50,7 +50,7 @@ def utc_offset_text(offset: timedelta) -> str:
 
 
 def jsonb_text(value: Any) -> str:
-    """``value`` (as orjson.loads gives it) in jsonb's output form.
+    """``value`` (as ``etl.jsonparse.loads`` gives it) in jsonb's output form.
 
     Raises TypeError for what orjson would refuse to store (integers beyond 64 bits,
     non-string keys, non-JSON types), so the caller rejects the same records.
@@ -136,6 +136,11 @@ def _number_text(value: float) -> str:
     return format(abs(number) if number.is_zero() else number, "f")
 
 
+def _decimal_text(value: Decimal) -> str:
+    # numeric prints its digits and scale without an exponent, and has no negative zero
+    return format(abs(value) if value.is_zero() else value, "f")
+
+
 def _string_text(value: str) -> str:
     return str(orjson.dumps(value).decode())  # orjson escapes exactly as jsonb prints
 
@@ -152,6 +157,7 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
     bool: lambda value: "true" if value else "false",
     int: _int_text,
     float: _number_text,
+    Decimal: _decimal_text,
 }
 
 

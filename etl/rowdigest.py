@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from etl.jsonparse import json_number
+
 _SOURCES = ("columns.py", "fields.py", "normalize.py", "payload.py", "pgtext.py", "rowdigest.py")
 
 
@@ -67,7 +69,7 @@ class Digester:
 
 def _record_bytes(record: Any) -> bytes:
     try:
-        return orjson.dumps(record)
+        return orjson.dumps(record, default=json_number)  # a Decimal: its digits as sent
     except TypeError:
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=repr)
         return b"\1" + text.encode("utf-8", "surrogatepass")  # never equal to orjson's bytes

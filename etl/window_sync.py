@@ -10,7 +10,6 @@ A window that fails is rolled back as a whole and recorded as failed in its own 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 import psycopg
 from sqlalchemy import Engine
 
-from etl import load, reporting, rollup_hours, state
+from etl import jsonparse, load, reporting, rollup_hours, state
 from etl.budget import RequestBudget
 from etl.client import ApiClient
 from etl.config import Settings
@@ -98,7 +97,7 @@ def make_reject(api_login: str, record: Any, reason: str) -> load.Reject:
         api_login=api_login,
         i_cdr=None if i_cdr is None else _printable(str(i_cdr))[:100],
         reason=_printable(reason),
-        raw=json.dumps(record, ensure_ascii=True, default=str),
+        raw=jsonparse.dumps_text(record),
     )
 
 
