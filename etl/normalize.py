@@ -88,8 +88,17 @@ _SPREAD_FIELDS = tuple(i for i, name in enumerate(FIELDS) if FIELD_KINDS[name] =
 # computed from one, can have 14 decimals; the columns are unbounded numeric).
 MAX_INTEGER_DIGITS = 30
 MAX_DECIMAL_SCALE = 20
-_INT_RE = re.compile(r"[+-]?\d{1,19}")
-_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
+# ASCII digits and spaces only: Python's int(), Decimal() and str.strip() also take other
+# scripts' digits (Arabic-Indic, fullwidth), '_' grouping and Unicode spaces, none of which
+# the API writes.
+_INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
+_NUMBER_RE = re.compile(  # (NaN and infinities get through to be named "not a finite number")
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:s?nan|inf|infinity))"
+)
+_TIME_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+)
+_SPACES = " \t\n\r\f\v"
 
 
 def _text(value: Any) -> str | None:
@@ -129,7 +138,7 @@ def _is_integral(value: Any) -> bool:
         return value.is_integer()
     if isinstance(value, Decimal):  # a JSON number whose float would not be exact
         return value.is_finite() and value == value.to_integral_value()
-    return isinstance(value, str) and _INT_RE.fullmatch(value.strip()) is not None
+    return isinstance(value, str) and _INT_RE.fullmatch(value.strip(_SPACES)) is not None
 
 
 def _bigint(value: Any) -> int:
@@ -143,7 +152,9 @@ def _count(value: Any) -> int:
 def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"is not a number: {_preview(value)}")
-    text = repr(value) if isinstance(value, float) else str(value).strip()
+    text = repr(value) if isinstance(value, float) else str(value).strip(_SPACES)
+    if isinstance(value, str) and not _NUMBER_RE.fullmatch(text):
+        raise ValueError(f"is not a number: {_preview(value)}")
     try:
         number = Decimal(text)
     except InvalidOperation:
@@ -251,7 +262,7 @@ class Normalizer:
     def _time(self, value: Any) -> datetime | None:
         if not isinstance(value, str):
             raise ValueError(f"is not a date-time: {_preview(value)}")
-        text = value.strip()
+        text = value.strip(_SPACES)
         if text in ZERO_TIMES:
             return None
         match = _TIME_RE.fullmatch(text)

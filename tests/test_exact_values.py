@@ -114,3 +114,22 @@ def test_exact_numbers_and_a_bad_string_over_http(sim: Simulator, engine: Engine
     [(i_cdr, reason, raw)] = table_rows(engine, "SELECT i_cdr, reason, raw FROM cdr_reject")
     assert i_cdr == "999100002" and "cli is not valid Unicode" in reason
     assert "\\ud800" in raw
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("duration", "\u0661\u0662"),  # Arabic-Indic digits
+        ("customer_amount", "1_000"),  # Python's digit grouping
+        ("customer_amount", "\u0967.\u0665"),  # Devanagari and Arabic-Indic
+        ("i_cdr", "\uff15\uff10\uff10\uff14"),  # fullwidth
+        ("setup_time", "\uff12\uff10\uff12\uff16-09-28 00:00:00"),
+        ("duration", "\u00a07\u2003"),  # wrapped in Unicode spaces
+    ],
+)
+def test_only_ascii_digits_are_numbers(field: str, value: str) -> None:
+    """Python's int() and Decimal() read any script's digits, '_' and Unicode spaces; the API
+    writes ASCII digits, so anything else is not a number it sent: rejected, not guessed."""
+    record = {"i_cdr": "1", "setup_time": "2026-09-28 00:00:00", field: value}
+    with pytest.raises(InvalidRecordError, match=field.lower()):
+        UTC_ZONE.normalize(record)
