@@ -84,6 +84,10 @@ FUTURE_LIMIT = timedelta(days=1)
 # row from ``verify``, which finds a period's rows through connect_time within this of it).
 MAX_SPREAD = timedelta(days=2)
 _SPREAD_FIELDS = tuple(i for i, name in enumerate(FIELDS) if FIELD_KINDS[name] == TIME)
+# Reporting places a CDR by its connect_time, else its setup_time (etl.reporting): a record
+# with neither would be counted by `report` and by no rollup, view or verify day.
+_SETUP, _CONNECT = FIELDS.index("setup_time"), FIELDS.index("connect_time")
+_NO_TIME = frozenset({None, "", *ZERO_TIMES})
 # Amounts and prices: at most 30 digits before the point and 20 after it (a rate, or an amount
 # computed from one, can have 14 decimals; the columns are unbounded numeric).
 MAX_INTEGER_DIGITS = 30
@@ -232,6 +236,10 @@ class Normalizer:
         values = [self._convert(name, fields.get(name)) for name in FIELDS]
         if values[0] == 0:
             raise InvalidRecordError("i_cdr is 0")
+        if values[_SETUP] is None and values[_CONNECT] is None:
+            raise InvalidRecordError(
+                "has no setup_time and no connect_time: it belongs to no reporting period"
+            )
         _check_spread(values)
         raw = self._payload(record, extra)
         try:
@@ -309,7 +317,7 @@ class Normalizer:
             parts += [found[0], found[1] + "\t"]
             plain.append(found[2])
             rebuilt.append(payload.column_state(name, found[3]))
-        bad |= self._far_apart(columns, bad)
+        bad |= self._far_apart(columns, bad) | _timeless(columns)
         if digests is None:
             digests = self.digests(records)
         parts += [self._login_text + "\t", rowdigest.copy_texts(digests), "\t"]
@@ -479,6 +487,23 @@ class NormalizedPage:
     copy_text: str
     rows: int
     rejects: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def _timeless(columns: Sequence[Sequence[Any]]) -> set[int]:
+    """The records with no setup time (null, '' or the zero date) and no connect time:
+    ``normalize`` rejects them. The usual page has a setup time in every record."""
+    setup, connect = columns[_SETUP], columns[_CONNECT]
+    try:
+        if _NO_TIME.isdisjoint(setup):
+            return set()
+    except TypeError:  # an unhashable value: look at each
+        pass
+    return {i for i, (s, c) in enumerate(zip(setup, connect, strict=True)) if _none(s) and _none(c)}
+
+
+def _none(value: Any) -> bool:
+    """Whether the time value is read as no time (as ``Normalizer._time`` reads it)."""
+    return value is None or (isinstance(value, str) and value.strip(_SPACES) in _NO_TIME)
 
 
 def _check_spread(values: Sequence[Any]) -> None:

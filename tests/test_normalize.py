@@ -389,3 +389,22 @@ def test_page_path_agrees_with_the_reference(
     records = [{**extra, **record} if n % 2 else record for n, record in enumerate(pages)]
     normalizer = Normalizer("b", ZoneInfo(zone), raw_payload, latest)
     _assert_page_matches_reference(normalizer, records)
+
+
+def test_a_record_with_no_setup_or_connect_time_is_rejected_on_both_paths() -> None:
+    """Reporting places a CDR by its connect_time, else its setup_time: a record with neither
+    (null, '' or the zero date) would be counted by `report` and by no rollup or view. It is
+    rejected with the reason; one with only a setup time or only a connect time loads."""
+    zero = "0000-00-00 00:00:00"
+    records = [
+        {**SAMPLE, "i_cdr": "1", "setup_time": zero, "connect_time": zero, "disconnect_time": zero},
+        {**SAMPLE, "i_cdr": "2", "setup_time": "", "connect_time": None},
+        {**SAMPLE, "i_cdr": "3", "setup_time": zero},
+        {**SAMPLE, "i_cdr": "4", "connect_time": zero},
+        {**SAMPLE, "i_cdr": "5", "setup_time": " 0000-00-00 ", "connect_time": "0000-00-00"},
+    ]
+    normalizer = Normalizer("b", ZoneInfo("UTC"))
+    _assert_page_matches_reference(normalizer, records)
+    rejects = normalizer.normalize_page(records).rejects
+    assert [r["i_cdr"] for r, _why in rejects] == ["1", "2", "5"]
+    assert all("no setup_time and no connect_time" in why for _r, why in rejects)

@@ -157,13 +157,15 @@ _usual_fields = st.fixed_dictionaries(
 @st.composite
 def _one_call(draw: st.DrawFn) -> dict[str, Any]:
     """A usual record whose three times are one call's (within a day of each other), each in
-    one of the forms the API may send."""
+    one of the forms the API may send, with a setup or a connect time at least."""
     record = draw(_usual_fields)
     base = draw(st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 30)))
     for key in ("setup_time", "connect_time", "disconnect_time"):
         moment = base + timedelta(seconds=draw(st.integers(0, 86400)))
         text = moment.strftime("%Y-%m-%d %H:%M:%S")
         record[key] = draw(st.sampled_from([text, text.replace(" ", "T"), ""]))
+    if record["setup_time"] == record["connect_time"] == "":  # (rejected: no reporting period)
+        record["setup_time"] = text
     return record
 
 
