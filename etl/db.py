@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -101,28 +101,38 @@ def alembic_config() -> Config:
 MIGRATION_LOCK = (0x7C0C, -2)
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` (``alembic upgrade``), one process at a time."""
+def migrate(engine: Engine, revision: str = "head") -> list[str]:
+    """Upgrade the database to ``revision`` (``alembic upgrade``), one process at a time;
+    the revisions it was at (read once the lock is held: a migration that waited for another
+    finds what that one left). A schema newer than this code is a DatabaseError."""
     from alembic import command
 
-    _alembic(engine, lambda cfg: command.upgrade(cfg, revision))
+    def upgrade(cfg: Config, versions: list[str]) -> None:
+        if any(version > SCHEMA_REVISION for version in versions):
+            raise DatabaseError(_newer(versions))
+        command.upgrade(cfg, revision)
+
+    return _alembic(engine, upgrade)
 
 
-def downgrade(engine: Engine, revision: str) -> None:
+def downgrade(engine: Engine, revision: str) -> list[str]:
     """Downgrade the database to ``revision`` (``alembic downgrade``), one process at a time."""
     from alembic import command
 
-    _alembic(engine, lambda cfg: command.downgrade(cfg, revision))
+    return _alembic(engine, lambda cfg, _versions: command.downgrade(cfg, revision))
 
 
-def _alembic(engine: Engine, step: Callable[[Config], None]) -> None:
-    """Run an alembic command in one transaction holding MIGRATION_LOCK."""
+def _alembic(engine: Engine, step: Callable[[Config, list[str]], None]) -> list[str]:
+    """Run an alembic command in one transaction holding MIGRATION_LOCK (migrations/env.py
+    takes it too, for alembic run by hand); the revisions read under the lock."""
     with database_errors("migration"), engine.begin() as connection:
         lock = {"key": MIGRATION_LOCK[0], "number": MIGRATION_LOCK[1]}
         connection.execute(text("SELECT pg_advisory_xact_lock(:key, :number)"), lock)
+        versions = _versions(connection)
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
-        step(cfg)
+        step(cfg, versions)
+        return versions
 
 
 # The schema revision this code needs (the head of migrations/versions). Commands check it
@@ -137,12 +147,13 @@ def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
     if versions == [SCHEMA_REVISION]:
         return
     if upgrade and all(version < SCHEMA_REVISION for version in versions):
-        migrate(engine)
-        log.info(
-            "migrated the embedded database from %s to revision %s",
-            describe_versions(versions),
-            SCHEMA_REVISION,
-        )
+        before = migrate(engine)
+        if before != [SCHEMA_REVISION]:  # (else another process migrated it meanwhile)
+            log.info(
+                "migrated the embedded database from %s to revision %s",
+                describe_versions(before),
+                SCHEMA_REVISION,
+            )
         return
     if not versions:
         raise DatabaseError(
@@ -154,9 +165,13 @@ def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
             f"the database schema is at revision {found}, this tcxc-etl needs "
             f"{SCHEMA_REVISION}: run `tcxc-etl migrate`"
         )
-    raise DatabaseError(
-        f"the database schema is at revision {found}, newer than this tcxc-etl knows "
-        f"({SCHEMA_REVISION}): upgrade tcxc-etl"
+    raise DatabaseError(_newer(versions))
+
+
+def _newer(versions: list[str]) -> str:
+    return (
+        f"the database schema is at revision {', '.join(sorted(versions))}, newer than this "
+        f"tcxc-etl knows ({SCHEMA_REVISION}): upgrade tcxc-etl"
     )
 
 
@@ -168,10 +183,14 @@ def describe_versions(versions: list[str]) -> str:
 def schema_versions(engine: Engine) -> list[str]:
     """The database's alembic revisions ([] when it has no tcxc-etl schema)."""
     with database_errors("reading the schema version"), engine.connect() as conn:
-        present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-        if not present.scalar_one():
-            return []
-        return list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+        return _versions(conn)
+
+
+def _versions(conn: Connection) -> list[str]:
+    present = conn.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not present.scalar_one():
+        return []
+    return list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 @contextmanager

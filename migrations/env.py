@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, text
 
-from etl.db import sqlalchemy_url
+from etl.db import MIGRATION_LOCK, sqlalchemy_url
 from etl.schema import metadata
 
 config = context.config
@@ -18,6 +18,10 @@ target_metadata = metadata
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        # One migration at a time, whoever runs it (tcxc-etl already holds this lock; taking
+        # it again in the same transaction does not wait).
+        lock = {"key": MIGRATION_LOCK[0], "number": MIGRATION_LOCK[1]}
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key, :number)"), lock)
         context.run_migrations()
 
 

@@ -59,8 +59,10 @@ def test_migrations_at_once_wait_for_each_other(empty_database_url: str) -> None
 
     env = {"DATABASE_URL": empty_database_url}
     processes = [start_cli("migrate", env=env) for _ in range(2)]
-    outcomes = [(process.wait(timeout=120), process.communicate()[1]) for process in processes]
-    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    outcomes = [(process.wait(timeout=120), *process.communicate()) for process in processes]
+    assert [code for code, _, _ in outcomes] == [0, 0], outcomes
+    said = sorted(out.split(" schema ")[0] for _, out, _ in outcomes)
+    assert said == ["database", "migrated the database"], outcomes  # one did it, one found it done
     engine = db.make_engine(empty_database_url)
     try:
         with engine.connect() as conn:
@@ -68,3 +70,60 @@ def test_migrations_at_once_wait_for_each_other(empty_database_url: str) -> None
             assert list(versions) == [db.SCHEMA_REVISION]
     finally:
         engine.dispose()
+
+
+def test_alembic_run_by_hand_waits_for_a_migration_in_progress(empty_database_url: str) -> None:
+    """`alembic upgrade head` (the README's by-hand way) takes the same lock as `tcxc-etl
+    migrate`: while another migration holds it, alembic waits instead of creating the same
+    tables at once."""
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.conftest import ROOT, cli_env
+
+    with psycopg.connect(empty_database_url) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", db.MIGRATION_LOCK)
+        by_hand = subprocess.Popen(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            env=cli_env({"DATABASE_URL": empty_database_url}),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting = 0
+        deadline = time.monotonic() + 60
+        while not waiting and by_hand.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            row = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            waiting = row[0] if row else 0
+        holder.rollback()  # the lock goes: alembic goes on
+        _, errors = by_hand.communicate(timeout=120)
+        assert waiting == 1, errors
+        assert by_hand.returncode == 0, errors
+    assert "alembic_version" in _tables(empty_database_url)
+
+
+def test_migrate_on_a_schema_newer_than_the_code_says_to_upgrade(database_url: str) -> None:
+    """A database a newer release migrated: `migrate` says what every other command says,
+    not an internal error."""
+    from tests.conftest import run_cli
+
+    engine = db.make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+        done = run_cli("migrate", env={"DATABASE_URL": database_url})
+    finally:
+        with engine.begin() as conn:
+            restore = text("UPDATE alembic_version SET version_num = :v")
+            conn.execute(restore, {"v": db.SCHEMA_REVISION})
+        engine.dispose()
+    assert done.returncode == 1, done.stderr
+    assert "newer than this tcxc-etl knows" in done.stderr and "upgrade tcxc-etl" in done.stderr
+    assert "internal error" not in done.stderr

@@ -78,8 +78,7 @@ def run_backfill(
 def migrate(app: AppContext) -> None:
     """Upgrade the database schema to the latest version (alembic upgrade head)."""
     with database(app.settings, schema=False) as engine:
-        before = db.schema_versions(engine)
-        db.migrate(engine)
+        before = db.migrate(engine)
     if before == [db.SCHEMA_REVISION]:
         click.echo(f"database schema already at revision {db.SCHEMA_REVISION}: nothing to do")
     else:
