@@ -207,11 +207,12 @@ _STAGED_PAYLOAD = (
 
 # CTEs recording conflicts, after an ``incoming`` CTE of (i_cdr, seq, api_login, kept_call_id,
 # incoming_call_id, payload): each distinct payload of an i_cdr once (its first staged row),
-# with the stored row; ``bad`` holds them all, already recorded or not.
+# with the stored row (``{kept}``: the row the i_cdr keeps); ``bad`` holds them all, already
+# recorded or not.
 _RECORD_CONFLICTS = """bad AS (
     SELECT DISTINCT ON (i.i_cdr, md5(i.payload::text))
            i.i_cdr, i.api_login, i.kept_call_id, i.incoming_call_id,
-           to_jsonb(c) AS stored_payload, i.payload AS incoming_payload,
+           {kept} AS stored_payload, i.payload AS incoming_payload,
            md5(i.payload::text) AS payload_digest
     FROM incoming i LEFT JOIN cdr c ON c.i_cdr = i.i_cdr
     ORDER BY i.i_cdr, md5(i.payload::text), i.seq
@@ -222,6 +223,12 @@ _RECORD_CONFLICTS = """bad AS (
            stored_payload, incoming_payload, payload_digest, %(run_id)s FROM bad
     ON CONFLICT (i_cdr, payload_digest) DO NOTHING
 )"""
+# The stored row; when there is none yet, the staged row this merge keeps for the i_cdr (both
+# records of a conflict came in one window: the upsert's row is not in the statement's
+# snapshot).
+_KEPT_IN_MERGE = f"""coalesce(to_jsonb(c), (
+    SELECT {_STAGED_PAYLOAD} FROM latest l JOIN {STAGE} s ON s.seq = l.seq
+    WHERE l.i_cdr = i.i_cdr))"""
 
 # The stored row says what the incoming one says (only its digest differs, e.g. after an
 # upgrade): the upsert writes the new digest but keeps ``updated_at``.
@@ -280,7 +287,7 @@ WITH span AS MATERIALIZED (
     FROM keyed k JOIN {STAGE} s ON s.seq = k.seq
     WHERE (k.call_id IS DISTINCT FROM k.kept_call_id OR k.foreign_login)
       AND EXISTS (SELECT FROM keyed WHERE call_id IS DISTINCT FROM kept_call_id OR foreign_login)
-), {_RECORD_CONFLICTS}, upserted AS (
+), {_RECORD_CONFLICTS.format(kept=_KEPT_IN_MERGE)}, upserted AS (
     INSERT INTO cdr ({_columns()})
     SELECT {_columns("s.", _TYPED)}, {_STAGED_RAW} FROM latest l JOIN {STAGE} s ON s.seq = l.seq
     WHERE NOT l.untouched
@@ -325,7 +332,7 @@ WITH incoming AS (
     FROM {STAGE} s JOIN cdr c ON c.i_cdr = s.i_cdr
     WHERE s.seq = ANY(%(skipped)s::bigint[])
       AND (s.call_id IS DISTINCT FROM c.call_id OR s.api_login <> c.api_login)
-), {_RECORD_CONFLICTS}
+), {_RECORD_CONFLICTS.format(kept="to_jsonb(c)")}
 SELECT count(*) FROM bad
 """
 

@@ -319,6 +319,22 @@ def test_conflicting_call_id_is_recorded_not_applied(sim: Simulator, engine: Eng
     assert conflicts == [(i_cdr, original["call_id"], "f" * 32, True)]
 
 
+def test_a_conflict_within_one_window_keeps_both_payloads(sim: Simulator, engine: Engine) -> None:
+    """Both records of a conflict arrive in the same window (nothing stored yet): the one
+    kept is the stored payload of the conflict, not NULL."""
+    original = sim.records("buyer1")[3]
+    impostor = {**original, "call_id": "f" * 32, "customer_amount": "99.000000"}
+    sim.publish("buyer1", impostor)  # served after the original, in its window
+    summary = _backfill(sim, engine)
+    assert summary.counts.conflicts == 1
+    conflicts = table_rows(
+        engine,
+        "SELECT kept_call_id, incoming_call_id, stored_payload ->> 'call_id',"
+        " incoming_payload ->> 'call_id' FROM cdr_conflict",
+    )
+    assert conflicts == [(original["call_id"], "f" * 32, original["call_id"], "f" * 32)]
+
+
 def test_rerated_cdr_replaces_the_old_amount(sim: Simulator, engine: Engine) -> None:
     """A re-rated CDR (same call_id) updates the stored amount: one update, no insert."""
     _backfill(sim, engine)
