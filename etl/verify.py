@@ -150,6 +150,9 @@ class VerifyReport:
     unloadable_count: int
     unloadable: tuple[Unloadable, ...]
     boundary_extra: int = 0  # extra rows outside the period by a field in ``time_field.also``
+    # Unloadable records whose i_cdr the account holds in cdr: an earlier row (loaded before
+    # the API sent it in this form, or under an older version's rules) that no sync replaces.
+    unloadable_stored: tuple[int, ...] = ()
     # Rollup rows (cdr_hourly, cdr_daily, cdr_daily_cause) of the account's period that differ
     # from a fresh aggregation of cdr: BI figures that `rebuild-rollup` would correct.
     stale_rollup_rows: int = 0
@@ -168,7 +171,8 @@ class VerifyReport:
     def summary(self) -> str:
         """One line: the totals of each kind."""
         parts = [f"{self.total(kind)} {kind}" for kind in KINDS]
-        parts.append(f"{self.unloadable_count} unloadable")
+        held = f" ({len(self.unloadable_stored)} held in cdr)" if self.unloadable_stored else ""
+        parts.append(f"{self.unloadable_count} unloadable{held}")
         if self.stale_rollup_rows:
             parts.append(f"{self.stale_rollup_rows} stale rollup rows")
         return ", ".join(parts)
@@ -236,6 +240,7 @@ def verify_range(
                 examples=read_examples(conn),
                 unloadable_count=_count(conn, "SELECT count(DISTINCT digest) FROM verify_reject"),
                 unloadable=read_unloadable(conn),
+                unloadable_stored=read_unloadable_stored(conn, job.api_login),
                 boundary_extra=_count(conn, _BOUNDARY_EXTRA),
                 # (last: it takes the rollup's day locks, released by the rollback below)
                 stale_rollup_rows=reporting.refresh_days(
@@ -407,6 +412,19 @@ def read_unloadable(conn: psycopg.Connection[Any]) -> tuple[Unloadable, ...]:
     """The first unloadable records, each payload once (as cdr_reject stores them)."""
     rows = conn.execute(_UNLOADABLE, (EXAMPLES,)).fetchall()
     return tuple(Unloadable(i_cdr, reason) for i_cdr, reason in rows)
+
+
+_UNLOADABLE_STORED = """
+SELECT DISTINCT c.i_cdr FROM verify_reject r
+JOIN cdr c ON c.i_cdr = CAST(r.i_cdr AS bigint) AND c.api_login = %s
+WHERE r.i_cdr ~ '^[0-9]{1,18}$'
+ORDER BY c.i_cdr
+"""
+
+
+def read_unloadable_stored(conn: psycopg.Connection[Any], api_login: str) -> tuple[int, ...]:
+    """The i_cdr of unloadable records that the account holds in cdr."""
+    return tuple(int(row[0]) for row in conn.execute(_UNLOADABLE_STORED, (api_login,)))
 
 
 def _count(conn: psycopg.Connection[Any], query: LiteralString) -> int:

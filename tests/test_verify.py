@@ -370,3 +370,18 @@ def test_verify_stops_when_the_hourly_request_budget_is_spent(
     assert sim.requests_served - before <= 3  # the first window's pages only
     roomy = replace(make_job(settings), budget=RequestBudget(0, int(spent) + 100))
     assert verify_range(engine, roomy, *RANGE).clean
+
+
+def test_an_unloadable_record_whose_i_cdr_is_stored_is_named(
+    sim: Simulator, engine: Engine, database_url: str
+) -> None:
+    """A stored CDR that the API now sends in a form that cannot be loaded (or that an older
+    version loaded under looser rules) keeps its earlier row in cdr: verify says it is held
+    there, and that no sync replaces or removes it."""
+    settings = _backfill(sim, engine, database_url)
+    inside = str(min(_api_ids(sim)))
+    sim.rerate("buyer1", inside, "not-a-number")
+    report = verify_range(engine, make_job(settings), *RANGE)
+    assert report.unloadable_count == 1 and report.unloadable_stored == (int(inside),)
+    assert "1 held in cdr" in report.summary()
+    assert "held in cdr" in what_to_do(report) and inside in what_to_do(report)

@@ -12,7 +12,7 @@ import psycopg
 from etl.cli.base import AppContext, cli, database, make_job, parse_range, stop_on_signal
 from etl.errors import EtlError
 from etl.grants import grant_readonly
-from etl.verify import KINDS, DayCounts, Example, VerifyReport, verify_range
+from etl.verify import EXAMPLES, KINDS, DayCounts, Example, VerifyReport, verify_range
 
 COUNTED = ("api", "warehouse", *KINDS)
 _ROW = "{:<10} {:>9} {:>9} {:>8} {:>8} {:>9}"
@@ -74,6 +74,13 @@ def what_to_do(report: VerifyReport) -> str:
         )
     if report.unloadable_count:
         steps.append("unloadable records are listed with their reasons (report them to TCXC)")
+    if report.unloadable_stored:
+        shown = ", ".join(map(str, report.unloadable_stored[:EXAMPLES]))
+        steps.append(
+            f"{len(report.unloadable_stored)} of them are held in cdr with the values of an"
+            f" earlier sync (i_cdr {shown}), which no sync replaces or removes: check them and"
+            " delete them by hand if they should go"
+        )
     if report.stale_rollup_rows:
         steps.append(
             "the reporting rollups (what BI tools read) differ from the CDRs: run"
@@ -138,6 +145,7 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
         "unloadable": {
             "count": report.unloadable_count,
             "examples": [{"i_cdr": u.i_cdr, "reason": u.reason} for u in report.unloadable],
+            "held_in_cdr": list(report.unloadable_stored),
         },
     }
 
