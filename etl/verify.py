@@ -318,7 +318,7 @@ WITH api AS (
     {WAREHOUSE_ROWS}
 )
 SELECT 'api' AS kind, day, NULL::bigint AS i_cdr, count(*) AS n, NULL::text[] AS columns
-FROM api GROUP BY day
+FROM api WHERE {{field}} IS NULL OR {{field}} BETWEEN %(start)s AND %(end)s GROUP BY day
 UNION ALL
 SELECT 'warehouse', day, NULL, count(*), NULL FROM wh GROUP BY day
 UNION ALL
@@ -344,6 +344,9 @@ _BOUNDARY_EXTRA = "SELECT count(*) FROM verify_outcome WHERE kind = 'extra' AND 
 
 def compare(conn: psycopg.Connection[Any], time_field: TimeField, tz: str, period: Period) -> None:
     """Fill ``verify_outcome`` from the staged API rows and ``cdr``, in one statement.
+
+    The API's count per day is of its rows inside the period (the last request asks for a
+    second past it); every row it sent is looked up in ``cdr`` (missing, different).
 
     An extra row's ``columns`` name the other fitting time fields by which it lies outside
     the period: it is extra only if the API filters on ``time_field.name``.

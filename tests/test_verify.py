@@ -340,19 +340,24 @@ def test_a_call_a_second_past_a_window_end_keeps_the_detection(
     """Each request asks for a second past its window's end (the API's bounds may be
     exclusive): on an API whose bounds are inclusive, a call on that second comes back with
     the earlier window too, and must not be taken for a sign that no field fits."""
-    second_past = {
-        **sim.records("buyer1")[0],
-        "i_cdr": "999000004",
-        "setup_time": "2026-09-28 00:00:01",
-        "connect_time": "2026-09-28 00:00:05",
-        "disconnect_time": "2026-09-28 00:01:05",
-    }
-    sim.publish("buyer1", second_past)
+    base = sim.records("buyer1")[0]
+    for i_cdr, day in (("999000004", "2026-09-28"), ("999000005", "2026-09-30")):  # the 2nd: past
+        sim.publish(  # the range's end, read by its last request (and outside the period)
+            "buyer1",
+            {
+                **base,
+                "i_cdr": i_cdr,
+                "setup_time": f"{day} 00:00:01",
+                "connect_time": f"{day} 00:00:05",
+                "disconnect_time": f"{day} 00:01:05",
+            },
+        )
     settings = _backfill(sim, engine, database_url)
     report = verify_range(engine, make_job(settings), *RANGE)
     assert report.time_field.name == "setup_time"
     assert report.time_field.note.startswith("detected"), report.time_field.note
     assert report.clean, report.summary()
+    assert report.total("api") == report.total("warehouse") == len(_api_ids(sim))
 
 
 def test_verify_stops_when_the_hourly_request_budget_is_spent(
