@@ -90,9 +90,17 @@ def alembic_config() -> Config:
     # alembic (about 10 MB) is imported only by the commands that migrate, not by every worker.
     from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    ini = ROOT / "alembic.ini"
+    cfg = Config(str(ini)) if ini.is_file() else Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
+
+
+def migrations_dir() -> Path:
+    """The alembic scripts: the copy an installed wheel carries as ``etl/migrations``, else
+    ``migrations/`` of the source tree (a checkout, or an editable install)."""
+    packaged = Path(__file__).resolve().parent / "migrations"
+    return packaged if (packaged / "env.py").is_file() else ROOT / "migrations"
 
 
 # Migrations hold this transaction-level advisory lock (the two-int form, beside the rollup's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -127,3 +129,37 @@ def test_migrate_on_a_schema_newer_than_the_code_says_to_upgrade(database_url: s
     assert done.returncode == 1, done.stderr
     assert "newer than this tcxc-etl knows" in done.stderr and "upgrade tcxc-etl" in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
+    """An installed tcxc-etl (not an editable one) migrates: the wheel holds every migration
+    as etl/migrations, where etl.db.migrations_dir finds them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import ROOT
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("tcxc_etl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scripts = {
+        f"etl/migrations/versions/{p.name}" for p in (ROOT / "migrations/versions").glob("*.py")
+    }
+    assert len(scripts) >= 6 and scripts <= names, sorted(names)
+    assert {"etl/migrations/env.py", "etl/migrations/script.py.mako"} <= names
