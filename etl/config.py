@@ -144,11 +144,12 @@ MAX_DURATION_DAYS = 36_500
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse '90s', '15m', '6h', '1d' (or a bare number of seconds) into a timedelta."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    """Parse '90s', '15m', '6h', '1d' into a timedelta. The unit is required: a bare '3'
+    (seconds? days?) is refused rather than guessed."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([smhd])\s*", text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration such as 30m, 6h or 1d")
-    amount, unit = int(match.group(1)), match.group(2) or "s"
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 6h or 1d")
+    amount, unit = int(match.group(1)), match.group(2)
     seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
     if seconds <= 0:
         raise ValueError("must be longer than zero")
@@ -287,7 +288,7 @@ def _prefix(text: str) -> str:
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_API_URL": ("api_url", _api_url),
     "TCXC_API_LOGIN": ("api_login", str.strip),
-    "TCXC_API_KEY": ("api_key", Secret),
+    "TCXC_API_KEY": ("api_key", lambda text: Secret(text.strip())),
     "DATABASE_URL": ("database_url", _database_url),
     "TCXC_API_TIMEZONE": ("api_timezone", _timezone),
     "TCXC_PAGE_SIZE": ("page_size", _int_in(1, 100_000)),
@@ -380,7 +381,7 @@ def _account_key(
         problems.append(f"{where}: give key_env or key_file, not both")
         return ""
     if "key_env" in entry:
-        key = env.get(str(entry["key_env"]), "")
+        key = env.get(str(entry["key_env"]), "").strip()
         if not key:
             problems.append(f"{where}: environment variable {entry['key_env']} is not set")
         return key

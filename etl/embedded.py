@@ -181,8 +181,15 @@ class EmbeddedPostgres:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as handle:
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_path, "a")  # noqa: SIM115 (closed below, after the yield)
+        except OSError as exc:
+            raise EmbeddedDatabaseError(
+                f"cannot use {self.data_dir} for the embedded PostgreSQL "
+                f"({exc.strerror or exc}): set TCXC_EMBEDDED_DIR to a folder it can create"
+            ) from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 

@@ -73,6 +73,25 @@ def test_simulator_options_it_cannot_serve_exit_2() -> None:
     assert len(lines) == 1 and "cdrs must be at most 20 a second: 1728000 here" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("simulate", "--fault-rate", "1.5", "--port", "0"), "--fault-rate"),
+        (("simulate", "--host", "999.1.1.1", "--port", "0"), "--host 999.1.1.1"),
+        (("backfill", "--from", "2026-09-21", "--to", "2026-09-22", "--prefix", "abc"), "digits"),
+        (("verify", "--from", "2026-09-21", "--to", "2026-09-22", "--prefix", "4%"), "digits"),
+    ],
+)
+def test_option_values_it_cannot_use_exit_2_naming_the_option(
+    args: tuple[str, ...], says: str
+) -> None:
+    """Values that were an internal error (a fault rate past 1), blamed the wrong option (a
+    host it cannot listen on), or silently loaded nothing (a prefix that is not digits)."""
+    result = run_cli(*args, env={"TCXC_API_LOGIN": "a", "TCXC_API_KEY": "k"})
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "internal error" not in result.stderr
+
+
 def test_live_simulator_serves_todays_ended_calls() -> None:
     """`simulate --live` (the compose simulator) serves today's calls that have ended by now,
     none still going."""

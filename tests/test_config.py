@@ -186,3 +186,21 @@ def test_values_that_would_overflow_or_not_parse_later_are_refused_now(
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert next(iter(env)) in str(info.value)
+
+
+def test_a_key_of_only_spaces_is_no_key_and_a_key_is_trimmed() -> None:
+    """A key pasted with a trailing newline works; one of only spaces is missing (exit 2 naming
+    TCXC_API_KEY), not a key that the API then refuses."""
+    trimmed = load_settings({"TCXC_API_LOGIN": "demo", "TCXC_API_KEY": " k3y\n"})
+    assert trimmed.api_key.reveal() == "k3y"
+    blank = load_settings({"TCXC_API_LOGIN": "demo", "TCXC_API_KEY": "   "})
+    with pytest.raises(ConfigError, match="TCXC_API_KEY"):
+        blank.require_credentials()
+
+
+@pytest.mark.parametrize("name", ["TCXC_DEEP_LOOKBACK", "TCXC_STOP_TIMEOUT", "TCXC_WINDOW"])
+def test_a_duration_needs_its_unit(name: str) -> None:
+    """'3' read as 3 seconds surprised an operator who meant days: a duration says its unit."""
+    with pytest.raises(ConfigError, match=f"{name}.*30m, 6h or 1d"):
+        load_settings({name: "3"})
+    assert load_settings({name: "3s"})

@@ -311,3 +311,13 @@ def test_db_stop_leaves_a_server_in_use_running(make_server: Factory) -> None:
     assert forced.returncode == 0 and "stopped" in forced.stdout
     assert not server.is_running()
     server.release()
+
+
+@pytest.mark.parametrize("where", ["a-file/pg", "/proc/tcxc-pg"])
+def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, where: str) -> None:
+    """TCXC_EMBEDDED_DIR under a file, or somewhere nothing can be written: one error naming
+    the setting, not an internal error."""
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / where if not where.startswith("/") else Path(where)
+    with pytest.raises(EmbeddedDatabaseError, match="TCXC_EMBEDDED_DIR"):
+        EmbeddedPostgres(data_dir, 55999).start()

@@ -57,6 +57,22 @@ def parse_when(text: str, settings: Settings, option: str) -> datetime:
     raise UsageError(f"{option} {text!r} is not a date such as 2026-01-31 or '2026-01-31 12:00:00'")
 
 
+def _check_prefix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value and not value.isdigit():
+        raise click.BadParameter("must be digits, such as 44 (as TCXC_PREFIX)")
+    return value
+
+
+# --prefix of the commands that read the API: checked as TCXC_PREFIX is (a prefix that is not
+# digits would match no destination and load nothing, successfully).
+prefix_option = click.option(
+    "--prefix",
+    default=None,
+    callback=_check_prefix,
+    help="Only CDRs whose destination starts with these digits.",
+)
+
+
 def parse_range(date_from: str, date_to: str, settings: Settings) -> tuple[datetime, datetime]:
     """``--from``/``--to`` as aware datetimes, with ``--to`` after ``--from``."""
     start = parse_when(date_from, settings, "--from")

@@ -82,7 +82,12 @@ def _accounts(specs: tuple[str, ...], first: str) -> dict[str, str]:
     default=0.0,
     help="Seconds each request takes to answer, the simulator's own work included.",
 )
-@click.option("--fault-rate", type=float, default=0.0, help="Share of requests that fail.")
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Share of requests that fail (0 to 1).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--live",
@@ -125,7 +130,7 @@ def simulate(
         url = sim.url  # binds the port
     except OSError as exc:
         raise UsageError(
-            f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})"
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})"
         ) from None
     if fault_rate:
         sim.set_fault_rate(fault_rate, ["429", "500", "503", "truncated", "html"], seed=seed)
@@ -181,8 +186,8 @@ def demo(app: AppContext, cdrs: int, days: int) -> None:
             click.echo(build_report(engine))
             if not settings.has_database_url:
                 click.echo("")
-                click.echo("The embedded database stops when this command ends; keep it up for")
-                click.echo("a BI tool with `tcxc-etl db start` (then `tcxc-etl db url`).")
+                click.echo("Unless `tcxc-etl db start` keeps it up, the embedded database stops")
+                click.echo("when this command ends (then `tcxc-etl db url` for a BI tool).")
 
 
 @cli.group(name="db")

@@ -9,7 +9,15 @@ import click
 import orjson
 import psycopg
 
-from etl.cli.base import AppContext, cli, database, make_job, parse_range, stop_on_signal
+from etl.cli.base import (
+    AppContext,
+    cli,
+    database,
+    make_job,
+    parse_range,
+    prefix_option,
+    stop_on_signal,
+)
 from etl.errors import EtlError
 from etl.grants import grant_readonly
 from etl.verify import EXAMPLES, KINDS, DayCounts, Example, VerifyReport, verify_range
@@ -22,7 +30,7 @@ _ROW = "{:<10} {:>9} {:>9} {:>8} {:>8} {:>9}"
 @click.option("--from", "date_from", required=True, help="Start, 'YYYY-MM-DD[ HH:MM:SS]'.")
 @click.option("--to", "date_to", required=True, help="End (an instant; a date means midnight).")
 @click.option("--account", default=None, help="Account login (when several are configured).")
-@click.option("--prefix", default=None, help="Only CDRs whose destination starts with this.")
+@prefix_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def verify(

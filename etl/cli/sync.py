@@ -20,6 +20,7 @@ from etl.cli.base import (
     exit_now,
     make_job,
     parse_range,
+    prefix_option,
     stop_on_signal,
     summary_line,
 )
@@ -92,7 +93,7 @@ def migrate(app: AppContext) -> None:
 @click.option("--from", "date_from", required=True, help="Start, 'YYYY-MM-DD[ HH:MM:SS]'.")
 @click.option("--to", "date_to", required=True, help="End (an instant; a date means midnight).")
 @click.option("--account", default=None, help="Account login (when several are configured).")
-@click.option("--prefix", default=None, help="Only CDRs whose destination starts with this.")
+@prefix_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; fetch nothing.")
 @click.option(
     "--repair",
