@@ -214,6 +214,8 @@ class EmbeddedPostgres:
                     f"{running[1]}, not {self.port}: run `tcxc-etl db stop` or set "
                     f"TCXC_EMBEDDED_PORT={running[1]}"
                 )
+            # (the process that started it may have been killed before creating the database)
+            self._create_database()
             return False
         bin_dir, owner = _tools()
         if owner is not None:
@@ -221,6 +223,7 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bin_dir, owner)
         (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # stale: its pid is gone
+        self._remove_stale_socket_lock(owner)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -261,6 +264,18 @@ class EmbeddedPostgres:
             self.data_dir.rmdir()
         staging.rename(self.data_dir)
         _chown(self.data_dir, owner, recursive=True)
+
+    def _remove_stale_socket_lock(self, owner: _Owner) -> None:
+        """The socket's lock file of a postmaster that is no longer a live server: one killed
+        where nothing reaps it stays a zombie, and PostgreSQL's own check (``kill(pid, 0)``)
+        would take it for a running server and refuse to start, for as long as it stays."""
+        lock = self._socket_dir(owner) / f".s.PGSQL.{self.port}.lock"
+        try:
+            first = lock.read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return
+        if not (first.lstrip("-").isdigit() and _pid_alive(abs(int(first)), "postgres")):
+            lock.unlink(missing_ok=True)
 
     def _socket_dir(self, owner: _Owner) -> Path:
         if len(os.fsencode(self.data_dir / f".s.PGSQL.{self.port}")) < 100:

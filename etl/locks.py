@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from sqlalchemy import Engine, text
 
@@ -57,9 +57,18 @@ def account_lock(
             else:
                 while not got and not stop.wait(LOCK_POLL_SECONDS):
                     got = take()
+        def release() -> None:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
         try:
             yield bool(got)
-        finally:
+        except BaseException:
+            # The error that ended the work is the one to report: if the lock's connection
+            # died with it (a database restart), PostgreSQL has released the lock already.
             if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+                with suppress(Exception):
+                    release()
+            raise
+        if got:
+            release()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from etl.embedded import EmbeddedPostgres, default_data_dir, embedded_database
+from etl.embedded import EmbeddedPostgres, _tools, default_data_dir, embedded_database
 from etl.errors import EmbeddedDatabaseError
 
 with warnings.catch_warnings():  # platformdirs may warn about XDG_RUNTIME_DIR on import
@@ -321,3 +322,38 @@ def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path, where: str) -> 
     data_dir = tmp_path / where if not where.startswith("/") else Path(where)
     with pytest.raises(EmbeddedDatabaseError, match="TCXC_EMBEDDED_DIR"):
         EmbeddedPostgres(data_dir, 55999).start()
+
+
+def test_a_running_server_without_its_database_gets_it_back(make_server: Factory) -> None:
+    """A process killed between starting the server and creating the database left a server
+    without `tcxc`: every later command failed ("database does not exist"). Whoever finds the
+    server running makes sure the database is there."""
+    server = make_server()
+    server.start()
+    with psycopg.connect(server.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE tcxc")
+    assert server.start() is False  # already running
+    with psycopg.connect(server.url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("tcxc",)
+
+
+def test_a_socket_lock_left_by_a_zombie_postmaster_does_not_block_a_start(
+    make_server: Factory,
+) -> None:
+    """A postmaster killed where nothing reaps it stays a zombie: PostgreSQL's own check of
+    the socket lock file takes its pid for a live server and refuses to start. The lock of a
+    process that is not a live postmaster is removed before starting."""
+    server = make_server()
+    server.start()
+    server.stop()
+    _bin, owner = _tools()  # the zombie is the server's user's (else PostgreSQL may not see it)
+    user, group = owner or (None, None)
+    with subprocess.Popen(["/bin/true"], user=user, group=group) as child:  # not waited: a zombie
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        lock = server.data_dir / f".s.PGSQL.{server.port}.lock"
+        lock.write_text(f"{child.pid}\n{server.data_dir}\n")
+        assert server.start() is True
+        child.wait()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
@@ -281,3 +282,25 @@ def test_incremental_passes_follow_a_live_api(engine: Engine) -> None:
             served = {int(r["i_cdr"]) for r in sim.records("buyer1") if r["setup_time"] <= cut}
             assert _ids(engine) == served
             assert (int(talking["i_cdr"]) in served) == (step == 2)
+
+
+def test_an_error_inside_the_lock_is_not_hidden_by_the_lock_connection_dying(
+    engine: Engine,
+) -> None:
+    """The database restarting mid-window kills the lock's connection too: the error that
+    ended the work (naming the account and window) is the one raised, not the failed unlock
+    ("database error during locking account ...")."""
+
+    class WindowFailed(Exception):
+        pass
+
+    with pytest.raises(WindowFailed), account_lock(engine, "buyer1", wait=False) as got:
+        assert got
+        with engine.begin() as other:
+            other.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                )
+            )
+        raise WindowFailed("database error during account buyer1, window W: connection lost")
