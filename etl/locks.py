@@ -57,6 +57,7 @@ def account_lock(
             else:
                 while not got and not stop.wait(LOCK_POLL_SECONDS):
                     got = take()
+
         def release() -> None:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
