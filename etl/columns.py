@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC
+from decimal import Decimal
 from itertools import repeat
 from math import copysign
 from typing import Any
@@ -34,6 +35,7 @@ from etl.pgtext import NULL, PLAIN_FLOAT, copy_escape, jsonb_text, jsonb_texts
 _NULLS: dict[Any, str] = {None: NULL, "": NULL}
 _NONE = type(None)
 _STR_OR_NONE = frozenset({str, _NONE})
+_NOT_NEGATIVE_ZERO = re.compile(r"(?!-0(?:\.0*)?$)")
 _DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,20})?")  # within the digit/scale limits
 _SEP = payload.SEP  # joins a column's values for the pattern checks (no pattern matches it)
 MAX_CACHED = 100_000  # entries of a page-path cache (float texts here, hour offsets)
@@ -98,10 +100,25 @@ def _decimal_column(values: Sequence[Any]) -> Fast | None:
     present, full = present_strings(values, _DECIMALS)
     if present is not None:
         return _nulled(values, full), "", None not in values, payload.strings_state(present, full)
-    if set(map(type, values)) != {float}:
+    types = set(map(type, values))
+    if types == {float}:
+        texts = _float_texts(values)  # as repr(), like the reference: plain decimals, no -0.0
+    elif types <= {float, Decimal}:
+        texts = _exact_number_texts(values)
+    else:
         return None
-    texts = _float_texts(values)  # as repr(), like the reference: plain decimals, no -0.0
     return None if texts is None else (texts, "", False, payload.NUMBERS)
+
+
+def _exact_number_texts(values: Sequence[float | Decimal]) -> list[str] | None:
+    """Prices parsed as Decimals (``etl.jsonparse``: a float would not give back the text
+    sent, e.g. ``0.004980``) among floats: each one's digits when every value is a plain
+    decimal within the limits and none is a negative zero (numeric prints what jsonb keeps),
+    else None (the reference reads them)."""
+    texts = [repr(value) if type(value) is float else str(value) for value in values]
+    if all(map(_DECIMAL_TEXT.fullmatch, texts)) and all(map(_NOT_NEGATIVE_ZERO.match, texts)):
+        return texts
+    return None
 
 
 def json_copy_texts(values: Sequence[Any], bad: set[int]) -> list[str]:

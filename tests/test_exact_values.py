@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from etl import pipeline
 from etl.client import classify
+from etl.columns import _decimal_column
 from etl.errors import FatalApiError, RetriableApiError
 from etl.fields import FIELDS
 from etl.normalize import InvalidRecordError, Normalizer
@@ -133,3 +134,21 @@ def test_only_ascii_digits_are_numbers(field: str, value: str) -> None:
     record = {"i_cdr": "1", "setup_time": "2026-09-28 00:00:00", field: value}
     with pytest.raises(InvalidRecordError, match=field.lower()):
         UTC_ZONE.normalize(record)
+
+
+def test_a_page_of_exact_prices_matches_the_reference() -> None:
+    """Prices the parser kept exact (Decimals, e.g. 0.004980) among floats take the page
+    path's number check and give the reference's rows and payloads; a negative zero (which
+    numeric cannot hold, so the reference keeps it in the payload) is left to the reference."""
+    from tests.test_normalize import SAMPLE, _assert_page_matches_reference
+
+    prices = [Decimal("0.004980"), 0.00816, Decimal("12.500000"), Decimal("-0.000")]
+    for kept in (prices[:3], prices):
+        records = [
+            {**SAMPLE, "i_cdr": str(n), "billing_price_1": price, "billing_price_n": price}
+            for n, price in enumerate(kept, 1)
+        ]
+        _assert_page_matches_reference(UTC_ZONE, records)
+    assert UTC_ZONE.normalize_page(records[:3]).copy_text.count("0.004980") == 2
+    assert _decimal_column(prices[:3]) is not None  # the page path vouches for these
+    assert _decimal_column(prices) is None

@@ -330,6 +330,7 @@ plausible = {
     BIGINT: digits | st.sampled_from(["+5", " 7 ", "-1", "0", "", "1.0"]) | st.integers(-5, 2**64),
     COUNT: digits | st.sampled_from(["2147483647", "2147483648", ""]) | st.floats(0, 10),
     DECIMAL: st.decimals(allow_nan=False, allow_infinity=False).map(str)
+    | st.decimals(allow_nan=False, allow_infinity=False)  # a number the parser kept exact
     | st.floats(allow_nan=False)
     | st.sampled_from(["1e-5", "-0.0", "0.002100", "", "1" * 31]),
     TIME: st.datetimes(datetime(1899, 12, 31), datetime(2201, 1, 2)).map(

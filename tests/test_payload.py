@@ -4,6 +4,7 @@ PostgreSQL, exactly the record the ``full`` mode stores."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -144,7 +145,8 @@ _VALID = {
     DECIMAL: _amounts.map(str)
     | _amounts.map(lambda d: f"0{d}".replace("0-", "-0"))
     | st.floats(-1000, 1000).map(lambda f: round(f, 4))
-    | st.sampled_from(["-0.00", "-0", "", None]),
+    | _amounts.map(lambda d: d.quantize(Decimal("0.000001")))  # parsed exact: 0.004980
+    | st.sampled_from(["-0.00", "-0", "", None, Decimal("-0.000"), Decimal("1E+2")]),
     TIME: _moments | _moments.map(lambda text: text.replace(" ", "T")) | st.sampled_from([""]),
     TEXT: st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1)
     | st.sampled_from(["", None]),
