@@ -417,10 +417,12 @@ def read_unloadable(conn: psycopg.Connection[Any]) -> tuple[Unloadable, ...]:
     return tuple(Unloadable(i_cdr, reason) for i_cdr, reason in rows)
 
 
+# (CASE: the cast only where the text is a number, whatever order the planner picks)
 _UNLOADABLE_STORED = """
-SELECT DISTINCT c.i_cdr FROM verify_reject r
-JOIN cdr c ON c.i_cdr = CAST(r.i_cdr AS bigint) AND c.api_login = %s
-WHERE r.i_cdr ~ '^[0-9]{1,18}$'
+SELECT DISTINCT c.i_cdr FROM (
+    SELECT CASE WHEN btrim(i_cdr) ~ '^[0-9]{1,18}$' THEN btrim(i_cdr)::bigint END AS i_cdr
+    FROM verify_reject
+) r JOIN cdr c ON c.i_cdr = r.i_cdr AND c.api_login = %s
 ORDER BY c.i_cdr
 """
 

@@ -386,7 +386,8 @@ def test_an_unloadable_record_whose_i_cdr_is_stored_is_named(
     settings = _backfill(sim, engine, database_url)
     inside = str(min(_api_ids(sim)))
     sim.rerate("buyer1", inside, "not-a-number")
+    sim.publish("buyer1", _bad_record(sim, "x1"))  # an i_cdr that is no number: none held
     report = verify_range(engine, make_job(settings), *RANGE)
-    assert report.unloadable_count == 1 and report.unloadable_stored == (int(inside),)
+    assert report.unloadable_count == 2 and report.unloadable_stored == (int(inside),)
     assert "1 held in cdr" in report.summary()
     assert "held in cdr" in what_to_do(report) and inside in what_to_do(report)
