@@ -278,7 +278,8 @@ def _raw_payload(text: str) -> str:
     return text
 
 
-def _prefix(text: str) -> str:
+def check_prefix(text: str) -> str:
+    """A destination prefix: digits, or '' for all (TCXC_PREFIX, an account's, --prefix)."""
     if text and not text.isdigit():
         raise ValueError("must be digits, such as 44")
     return text
@@ -294,7 +295,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_PAGE_SIZE": ("page_size", _int_in(1, 100_000)),
     "TCXC_WINDOW": ("window", parse_duration),
     "TCXC_WINDOW_ROWS": ("window_rows", _int_in(0, 10_000_000)),
-    "TCXC_PREFIX": ("prefix", _prefix),
+    "TCXC_PREFIX": ("prefix", check_prefix),
     "TCXC_CONNECT_TIMEOUT": ("connect_timeout", _positive_float),
     "TCXC_READ_TIMEOUT": ("read_timeout", _positive_float),
     "TCXC_MAX_PAGES_PER_WINDOW": ("max_pages_per_window", _int_in(1, 10_000_000)),
@@ -364,7 +365,7 @@ def _accounts(
             problems.append(f"{where} ({login}): unknown keys {sorted(unknown)}")
         key = _account_key(entry, env, f"{where} ({login})", key_problems)
         try:
-            prefix = _prefix(str(entry.get("prefix", "")))
+            prefix = check_prefix(str(entry.get("prefix", "")))
         except ValueError as exc:
             problems.append(f"{where} ({login}): prefix {exc}")
             continue

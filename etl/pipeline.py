@@ -325,8 +325,7 @@ def run_logged(
     committed = Coverage(done or ())
     todo = [w for w in windows if w not in committed]
     summary.skipped = len(windows) - len(todo)
-    if job.budget is not None:
-        job.budget.seed(state.requests_last_hour(engine, job.api_login))
+    job.seed_budget(engine)
     density = (
         state.recent_density(engine, job.api_login, job.prefix)
         if job.settings.window_rows

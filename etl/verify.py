@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Engine
 
-from etl import load, reporting, state, window_fetch, window_sync
+from etl import load, reporting, window_fetch, window_sync
 from etl.db import database_errors
 from etl.errors import EtlError
 from etl.fields import FIELDS, TIME_FIELDS
@@ -222,7 +222,7 @@ def verify_range(
             assert isinstance(conn, psycopg.Connection)
             load.open_stage(conn)
             conn.execute(_OPEN_REJECTS)
-            _seed_budget(engine, job)
+            job.seed_budget(engine)  # (verify's own requests are not recorded: it writes nothing)
             for done, window in enumerate(windows):
                 _check_budget(job, done, len(windows))
                 _stage_window(conn, job, window, normalizer, (fit, tally))
@@ -249,13 +249,6 @@ def verify_range(
             )
         finally:
             transaction.rollback()  # verify never writes: even its temp tables go
-
-
-def _seed_budget(engine: Engine, job: window_sync.Job) -> None:
-    """Count the requests the ledger holds for the account's last hour (a pass's, or a
-    backfill's in another process). verify's own are not recorded: it writes nothing."""
-    if job.budget is not None and job.budget.per_hour > 0:
-        job.budget.seed(state.requests_last_hour(engine, job.api_login))
 
 
 def _check_budget(job: window_sync.Job, done: int, planned: int) -> None:

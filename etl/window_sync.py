@@ -70,6 +70,12 @@ class Job:
     def api_login(self) -> str:
         return self.client.api_login
 
+    def seed_budget(self, engine: Engine) -> None:
+        """Count the requests the ledger holds for the account's last hour (other processes'
+        passes and backfills) against its hourly budget."""
+        if self.budget is not None:
+            self.budget.seed(state.requests_last_hour(engine, self.api_login))
+
     def normalizer(self) -> Normalizer:
         """A normaliser of this account's records under the settings; a record holding a time
         more than FUTURE_LIMIT after now is rejected (see ``etl.normalize``)."""

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from etl import db, memory, pipeline
 from etl.budget import RequestBudget
 from etl.client import ApiClient
-from etl.config import Account, Settings, load_settings
+from etl.config import Account, Settings, check_prefix, load_settings
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.logs import RedactingFilter, configure
 from etl.retry import RetryPolicy
@@ -58,9 +58,10 @@ def parse_when(text: str, settings: Settings, option: str) -> datetime:
 
 
 def _check_prefix(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and value and not value.isdigit():
-        raise click.BadParameter("must be digits, such as 44 (as TCXC_PREFIX)")
-    return value
+    try:
+        return None if value is None else check_prefix(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (as TCXC_PREFIX)") from None
 
 
 # --prefix of the commands that read the API: checked as TCXC_PREFIX is (a prefix that is not
