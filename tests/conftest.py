@@ -238,6 +238,11 @@ def run_cli(
     )
 
 
+def backfill_args(start: str, end: str, *options: str) -> tuple[str, ...]:
+    """`backfill --from START --to END OPTIONS...` as command-line arguments."""
+    return ("backfill", "--from", start, "--to", end, *options)
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start `python -m etl ARGS` in the background (stdout and stderr captured)."""
     return subprocess.Popen(

@@ -15,7 +15,7 @@ from etl.cli import cli
 from etl.client import ApiClient
 from etl.errors import ApiError, AuthError
 from etl.simulator import Simulator, SimulatorConfig
-from tests.conftest import ROOT, free_port, run_cli, sim_env, start_cli
+from tests.conftest import ROOT, backfill_args, free_port, run_cli, sim_env, start_cli
 
 CLI_ENV = {"TCXC_PAGE_SIZE": "500"}  # this file's settings on top of sim_env's
 
@@ -210,12 +210,7 @@ def test_dry_run_without_a_database_still_prints_the_plan() -> None:
 def test_bad_dates_exit_2() -> None:
     """An unparsable --from is a usage error."""
     result = run_cli(
-        "backfill",
-        "--from",
-        "last week",
-        "--to",
-        "2026-01-02",
-        env={"TCXC_API_LOGIN": "a", "TCXC_API_KEY": "b"},
+        *backfill_args("last week", "2026-01-02"), env={"TCXC_API_LOGIN": "a", "TCXC_API_KEY": "b"}
     )
     assert result.returncode == 2 and "--from" in result.stderr
 
@@ -445,12 +440,7 @@ def test_the_summary_adds_up_when_the_api_repeats_records(
     inserted + updated + unchanged + rejected + conflicts + repeated = rows fetched."""
     with Simulator(replace(sim_config, duplicate_every=7)) as sim:
         result = run_cli(
-            "backfill",
-            "--from",
-            "2026-09-21",
-            "--to",
-            "2026-09-24",
-            env=sim_env(sim, database_url, CLI_ENV),
+            *backfill_args("2026-09-21", "2026-09-24"), env=sim_env(sim, database_url, CLI_ENV)
         )
     assert result.returncode == 0, result.stderr
     numbers = dict(

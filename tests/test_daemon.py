@@ -23,6 +23,7 @@ from etl.passes import DEEP, INCREMENTAL
 from etl.scheduler import build_scheduler
 from etl.simulator import Simulator, SimulatorConfig
 from tests.conftest import (
+    backfill_args,
     free_port,
     make_job,
     make_settings,
@@ -170,12 +171,7 @@ def test_dry_run_fetches_nothing(sim: Simulator, database_url: str) -> None:
     """`backfill --dry-run` prints the plan and sends no request."""
     before = sim.requests_served
     result = run_cli(
-        "backfill",
-        "--from",
-        "2026-09-21",
-        "--to",
-        "2026-09-24",
-        "--dry-run",
+        *backfill_args("2026-09-21", "2026-09-24", "--dry-run"),
         env=sim_env(sim, database_url, DAEMON_ENV),
     )
     assert result.returncode == 0, result.stderr

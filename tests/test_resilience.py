@@ -30,6 +30,7 @@ from etl.retry import RetryPolicy
 from etl.signing import compute_signature
 from etl.simulator import FAULT_KINDS, Simulator, SimulatorConfig
 from tests.conftest import (
+    backfill_args,
     free_port,
     make_job,
     make_settings,
@@ -240,14 +241,10 @@ def test_secrets_never_leak(sim_config: SimulatorConfig, database_url: str, tmp_
         sim.set_fault_rate(0.3, ["429", "500", "truncated", "html", "reset"], seed=3, retry_after=0)
         env = sim_env(sim, database_url, key=key, TCXC_PAGE_SIZE="200")
         runs = [
-            run_cli("--verbose", "backfill", "--from", "2026-09-21", "--to", "2026-09-24", env=env),
+            run_cli("--verbose", *backfill_args("2026-09-21", "2026-09-24"), env=env),
             run_cli(
                 "--verbose",
-                "backfill",
-                "--from",
-                "2026-09-21",
-                "--to",
-                "2026-09-22",
+                *backfill_args("2026-09-21", "2026-09-22"),
                 env={**env, "TCXC_API_KEY": key + "-wrong"},
             ),
         ]
@@ -326,17 +323,8 @@ def test_an_api_that_echoes_secrets_in_its_errors_leaks_none(
     config.write_text('[[accounts]]\nlogin = "carrier-b"\nkey_env = "KEY_B"\n')
     with _EchoingApi(echo, key) as api:
         env = {"DATABASE_URL": database_url, "TCXC_API_URL": api.url, "KEY_B": key}
-        result = run_cli(
-            "--config",
-            str(config),
-            "--verbose",
-            "backfill",
-            "--from",
-            "2026-09-21",
-            "--to",
-            "2026-09-22",
-            env=env,
-        )
+        args = ("--config", str(config), "--verbose", *backfill_args("2026-09-21", "2026-09-22"))
+        result = run_cli(*args, env=env)
     assert result.returncode == 1 and api.signatures, result.stderr
     output = result.stdout + result.stderr
     dump = _dump(database_url, "etl_run", "sync_window")
