@@ -16,14 +16,13 @@ change the new code makes.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from etl.jsonparse import json_number
+from etl.jsonparse import dumps_text, json_number
 
 _SOURCES = ("columns.py", "fields.py", "normalize.py", "payload.py", "pgtext.py", "rowdigest.py")
 
@@ -70,9 +69,8 @@ class Digester:
 def _record_bytes(record: Any) -> bytes:
     try:
         return orjson.dumps(record, default=json_number)  # a Decimal: its digits as sent
-    except TypeError:
-        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=repr)
-        return b"\1" + text.encode("utf-8", "surrogatepass")  # never equal to orjson's bytes
+    except TypeError:  # a string that is not valid Unicode, an integer beyond 64 bits
+        return b"\1" + dumps_text(record).encode()  # (ASCII) never equal to orjson's bytes
 
 
 def copy_texts(digests: Sequence[bytes]) -> list[str]:
