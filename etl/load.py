@@ -46,7 +46,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from etl.fields import FIELDS
+from etl.fields import API_KEYS, FIELDS
 from etl.normalize import ROW_COLUMNS
 
 STAGE = "stage_cdr"
@@ -205,17 +205,33 @@ _STAGED_PAYLOAD = (
     f" || jsonb_build_object('raw', {_STAGED_RAW})"
 )
 
+# What tells one conflicting record from another (``cdr_conflict.payload_digest``, unique per
+# i_cdr): what every TCXC_RAW_PAYLOAD mode stores alike, i.e. the typed values (the account
+# among them) and the undocumented fields (``raw`` minus the documented ones; a record kept
+# whole is a one-element array). ``raw``'s other content depends on the mode: met again after
+# a change of mode, a record is the conflict already recorded. (Two records differing only in
+# a form the columns do not keep, '' against null say, are one conflict.) Migration 0007
+# computes the same for older rows.
+CONFLICT_DIGEST = (
+    "md5(({p} - 'raw')::text || E'\\n' || (CASE jsonb_typeof({p} -> 'raw')"
+    " WHEN 'array' THEN {p} -> 'raw' -> 0 WHEN 'object' THEN {p} -> 'raw'"
+    " ELSE jsonb_build_object() END - ARRAY["
+    + ", ".join(f"'{key}'" for key in API_KEYS)
+    + "])::text)"
+)
+_INCOMING_DIGEST = CONFLICT_DIGEST.format(p="i.payload")
+
 # CTEs recording conflicts, after an ``incoming`` CTE of (i_cdr, seq, api_login, kept_call_id,
-# incoming_call_id, payload): each distinct payload of an i_cdr once (its first staged row),
+# incoming_call_id, payload): each distinct record of an i_cdr once (its first staged row),
 # with the stored row (``{kept}``: the row the i_cdr keeps); ``bad`` holds them all, already
 # recorded or not.
-_RECORD_CONFLICTS = """bad AS (
-    SELECT DISTINCT ON (i.i_cdr, md5(i.payload::text))
+_RECORD_CONFLICTS = f"""bad AS (
+    SELECT DISTINCT ON (i.i_cdr, {_INCOMING_DIGEST})
            i.i_cdr, i.api_login, i.kept_call_id, i.incoming_call_id,
-           {kept} AS stored_payload, i.payload AS incoming_payload,
-           md5(i.payload::text) AS payload_digest
+           {{kept}} AS stored_payload, i.payload AS incoming_payload,
+           {_INCOMING_DIGEST} AS payload_digest
     FROM incoming i LEFT JOIN cdr c ON c.i_cdr = i.i_cdr
-    ORDER BY i.i_cdr, md5(i.payload::text), i.seq
+    ORDER BY i.i_cdr, {_INCOMING_DIGEST}, i.seq
 ), saved AS (
     INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id, incoming_call_id,
                               stored_payload, incoming_payload, payload_digest, run_id)

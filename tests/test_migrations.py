@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -163,3 +164,46 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     }
     assert len(scripts) >= 6 and scripts <= names, sorted(names)
     assert {"etl/migrations/env.py", "etl/migrations/script.py.mako"} <= names
+
+
+def test_0007_records_each_conflicting_record_once_whatever_raw_held(
+    empty_database_url: str,
+) -> None:
+    """Conflicts recorded before 0007 were told apart by their payload's ``raw``: the same
+    record met under ``compact`` and under ``full`` was stored twice. The upgrade keeps the
+    first of them, with the digest a sync computes now; a different record stays."""
+    from etl.load import CONFLICT_DIGEST
+
+    record = {"i_cdr": "5", "CLD": "4420", "call_id": "c2", "customer_amount": "1.5"}
+    columns = {"i_cdr": 5, "cld": "4420", "call_id": "c2", "customer_amount": 1.5}
+    payloads = [  # compact, full, then another record (another amount)
+        {**columns, "api_login": "buyer1", "raw": {}},
+        {**columns, "api_login": "buyer1", "raw": record},
+        {**columns, "api_login": "buyer1", "customer_amount": 2.5, "raw": {}},
+    ]
+    engine = db.make_engine(empty_database_url)
+    try:
+        db.migrate(engine, "0006")
+        with engine.begin() as conn:
+            for payload in payloads:
+                conn.execute(
+                    text(
+                        "INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id,"
+                        " incoming_call_id, incoming_payload, payload_digest)"
+                        " VALUES (5, 'buyer1', 'c1', 'c2', CAST(:p AS jsonb),"
+                        " md5(CAST(:p AS jsonb)::text))"
+                    ),
+                    {"p": json.dumps(payload)},
+                )
+        db.migrate(engine)
+        with engine.connect() as conn:
+            kept = conn.execute(
+                text(
+                    "SELECT id, payload_digest = "
+                    + CONFLICT_DIGEST.format(p="incoming_payload")
+                    + " FROM cdr_conflict ORDER BY id"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in kept] == [(1, True), (3, True)]

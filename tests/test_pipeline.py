@@ -319,6 +319,23 @@ def test_conflicting_call_id_is_recorded_not_applied(sim: Simulator, engine: Eng
     assert conflicts == [(i_cdr, original["call_id"], "f" * 32, True)]
 
 
+@pytest.mark.parametrize("first_mode, second_mode", [("compact", "full"), ("full", "extra")])
+def test_a_conflict_is_recorded_once_whatever_raw_payload_mode_met_it(
+    sim: Simulator, engine: Engine, first_mode: str, second_mode: str
+) -> None:
+    """The same conflicting record met again after TCXC_RAW_PAYLOAD changed (which changes
+    what ``raw`` holds, not the record) is the conflict already recorded, not a second one."""
+    _backfill(sim, engine, raw_payload=first_mode)
+    original = sim.records("buyer1")[3]
+    impostor = {**original, "call_id": "f" * 32, "customer_amount": "99.000000"}
+    sim.publish("buyer1", impostor)
+    assert _backfill(sim, engine, raw_payload=first_mode).counts.conflicts == 1
+    again = _backfill(sim, engine, raw_payload=second_mode)
+    assert again.ok and again.counts.conflicts == 1, "met again: counted by the run"
+    conflicts = table_rows(engine, "SELECT i_cdr, incoming_call_id FROM cdr_conflict")
+    assert conflicts == [(int(original["i_cdr"]), "f" * 32)]
+
+
 def test_a_conflict_within_one_window_keeps_both_payloads(sim: Simulator, engine: Engine) -> None:
     """Both records of a conflict arrive in the same window (nothing stored yet): the one
     kept is the stored payload of the conflict, not NULL."""
