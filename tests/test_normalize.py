@@ -409,4 +409,6 @@ def test_a_record_with_no_setup_or_connect_time_is_rejected_on_both_paths() -> N
     rejects = normalizer.normalize_page(records).rejects
     assert [r["i_cdr"] for r, _why in rejects] == ["1", "2", "5"]
     _assert_page_matches_reference(normalizer, records[4:])  # alone: no plain '' beside it
+    for record in records:  # each alone: a page of zero dates and no null nor '' among them
+        assert len(normalizer.normalize_page([record]).rejects) == (record["i_cdr"] in "125")
     assert all("no setup_time and no connect_time" in why for _r, why in rejects)
