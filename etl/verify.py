@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Any, LiteralString
 
 import psycopg
@@ -83,16 +83,17 @@ class FieldFit:
     inside: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FIELDS, 0))
     outside: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIME_FIELDS, 0))
 
-    def observe(self, rows: Sequence[Sequence[Any]], window: Window) -> None:
-        """Count each time inside or outside the range requested for ``window`` (its
-        ``requested_end``: an inclusive API returns calls on that second too)."""
-        end = window.requested_end
+    def observe(self, rows: Sequence[Sequence[Any]], window: Window, tz: tzinfo) -> None:
+        """Count each time inside or outside the range requested for ``window`` (its wall-clock
+        times in the API's zone ``tz``, ``Window.api_range``: an inclusive API returns calls
+        on the second past the window's end too)."""
+        low, high = window.api_range(tz)
         for row in rows:
             for name, index in _TIME_INDEX.items():
                 value = row[index]
                 if value is None:
                     continue
-                if window.start <= value <= end:
+                if low <= value.astimezone(tz).replace(tzinfo=None) <= high:
                     self.inside[name] += 1
                 else:
                     self.outside[name] += 1
@@ -196,7 +197,7 @@ def _stage_window(
         job.check_stop(f"account {job.api_login}, window {window}")
         rows, rejects = window_sync.normalise_page(normalizer, records, job.api_login)
         load.stage_rows(conn, rows, tally.rows_fetched)
-        fit.observe(rows, window)
+        fit.observe(rows, window, job.settings.api_timezone)
         if rejects:
             with conn.cursor() as cur, cur.copy("COPY verify_reject FROM STDIN") as copy:
                 for n, reject in enumerate(rejects, tally.rejected):

@@ -15,7 +15,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 
 from etl.errors import UsageError
 
@@ -29,23 +30,74 @@ class Window:
     start: datetime
     end: datetime
 
-    @property
-    def requested_end(self) -> datetime:
-        """The ``date_to`` asked for: a second past the window's end. Whether the API's bounds
-        are inclusive or exclusive is undocumented, and with both exclusive a call on the
-        boundary second two windows share would be in neither request (one a second past it
-        is read twice, loaded once)."""
-        return self.end.astimezone(UTC) + timedelta(seconds=1)
+    def api_range(self, tz: tzinfo) -> tuple[datetime, datetime]:
+        """The wall-clock times (naive, in the API's zone ``tz``) to ask for: from the
+        earliest the clock shows at an instant of the window to a second past the latest.
 
-    def api_params(self, tz: object) -> dict[str, str]:
-        """``date_from``/``date_to`` (``requested_end``) in the API's time zone and format."""
+        Usually the start's time and a second past the end's. A second past, because whether
+        the API's bounds are inclusive or exclusive is undocumented: with both exclusive a
+        call on the boundary second two windows share would be in neither request (asked a
+        second past it, it is read twice, loaded once). Where the clock goes back inside the
+        window (an autumn change), its times are not in order: the earliest is the first one
+        after the change, the latest the last one before it; from the start's and the end's
+        times alone the range would be shortened (ending a second after 01:59:59 BST asks up
+        to 01:00:00 GMT) or inverted (a window from 01:50 BST to 01:05 GMT), and the API
+        would answer with fewer calls than the window holds. Times asked for twice (the
+        repeated hour) are read as the API's texts are: the first occurrence."""
+        return _api_range(self.start, self.end, tz)
+
+    def api_params(self, tz: tzinfo) -> dict[str, str]:
+        """``date_from``/``date_to`` (``api_range``) in the API's format."""
+        low, high = self.api_range(tz)
         return {
-            "date_from": self.start.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
-            "date_to": self.requested_end.astimezone(tz).strftime(API_TIME_FORMAT),  # type: ignore[arg-type]
+            "date_from": low.strftime(API_TIME_FORMAT),
+            "date_to": high.strftime(API_TIME_FORMAT),
         }
 
     def __str__(self) -> str:
         return f"{self.start.isoformat()} .. {self.end.isoformat()}"
+
+
+_SECOND = timedelta(seconds=1)
+_STEP = timedelta(hours=1)  # no zone changes its offset twice within an hour
+
+
+@lru_cache(maxsize=256)
+def _api_range(start: datetime, end: datetime, tz: tzinfo) -> tuple[datetime, datetime]:
+    first, last = _instant(start), _instant(end)
+    low, high = _wall(first, tz), _wall(last, tz)
+    for turn in _clock_turns_back(first, last, tz):
+        low, high = min(low, _wall(turn, tz)), max(high, _wall(turn - _SECOND, tz))
+    return low, high + _SECOND
+
+
+def _wall(instant: datetime, tz: tzinfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _clock_turns_back(first: datetime, last: datetime, tz: tzinfo) -> Iterator[datetime]:
+    """The instants in ``(first, last]`` at which the clock of ``tz`` goes back (the first
+    second shown with the smaller UTC offset)."""
+    before = first
+    while before < last:
+        after = min(before + _STEP, last)
+        if _offset(after, tz) < _offset(before, tz):
+            low, high = before, after  # the offset changes in (low, high]
+            while high - low > _SECOND:
+                middle = low + (high - low) // 2
+                middle -= timedelta(microseconds=middle.microsecond)
+                if _offset(middle, tz) < _offset(before, tz):
+                    high = middle
+                else:
+                    low = middle
+            yield high
+        before = after
+
+
+def _offset(instant: datetime, tz: tzinfo) -> timedelta:
+    offset = instant.astimezone(tz).utcoffset()
+    assert offset is not None
+    return offset
 
 
 def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Window]:

@@ -16,6 +16,7 @@ from etl import pipeline
 from etl.errors import AuthError, FatalApiError, ResultChangedError
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.state import Counts
+from etl.verify import verify_range
 from etl.windows import Window
 from tests.conftest import (
     SIM_END,
@@ -590,3 +591,32 @@ def test_a_later_run_joins_windows_from_its_first_by_the_ledger_density(
     )[0]
     assert first_start == middle and first_end - first_start > JOINING["window"]
     assert _db_ids(engine) == _api_ids(sim)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_a_backfill_across_an_autumn_change_loads_every_call_of_the_range(
+    engine: Engine, exclusive: bool
+) -> None:
+    """An API in Europe/London, hourly windows through the night the clock goes back: the
+    window ending at 01:59:59 BST must not ask only up to 01:00:00 (GMT, a second later),
+    which left the repeated hour's texts unread and the run "succeeded"."""
+    london = ZoneInfo("Europe/London")
+    config = SimulatorConfig(
+        accounts={"buyer1": "key-one"},
+        start=datetime(2025, 10, 25, 22),
+        end=datetime(2025, 10, 26, 5),
+        cdrs=3000,
+        exclusive_bounds=exclusive,
+    )
+    with Simulator(config) as sim:
+        settings = make_settings(sim, api_timezone=london, window=timedelta(hours=1))
+        start = datetime(2025, 10, 25, 23, 59, 59, tzinfo=london)
+        end = datetime(2025, 10, 26, 3, 59, 59, tzinfo=london)
+        summary = pipeline.backfill(engine, make_job(settings), start, end)
+        low, high = "2025-10-25 23:59:59", "2025-10-26 03:59:59"
+        served = {int(r["i_cdr"]) for r in sim.records("buyer1") if low <= r["setup_time"] <= high}
+        report = verify_range(engine, make_job(settings), start, end)
+    assert summary.ok
+    assert served and served <= set(_db_ids(engine))
+    assert report.clean, report
+    assert report.time_field.name == "setup_time", report.time_field.note

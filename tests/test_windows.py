@@ -54,6 +54,67 @@ def test_api_params_are_in_the_api_zone() -> None:
     assert params == {"date_from": "2025-12-31 19:00:00", "date_to": "2026-01-01 19:00:01"}
 
 
+@pytest.mark.parametrize(
+    ("zone", "start", "end", "texts"),
+    [
+        # Ends on the last second before London's autumn change (01:59:59 BST): a second later
+        # the clock reads 01:00:00 again, but the window's own times reach 01:59:59.
+        (
+            "Europe/London",
+            "2025-10-26 00:59:59",
+            "2025-10-26 01:59:59",
+            ("2025-10-26 00:59:59", "2025-10-26 02:00:00"),
+        ),
+        # Planned in instants across the change (an incremental pass): from 01:50 BST to
+        # 01:05 GMT the clock goes back; every time it shows lies in 01:00:00..01:59:59.
+        (
+            "Europe/London",
+            "2025-10-26 00:50:00+00:00",
+            "2025-10-26 01:05:00+00:00",
+            ("2025-10-26 01:00:00", "2025-10-26 02:00:00"),
+        ),
+        # Lord Howe goes back 30 minutes at 02:00 (+11:00 -> +10:30).
+        (
+            "Australia/Lord_Howe",
+            "2025-04-06 01:00:00",
+            "2025-04-06 01:59:59",
+            ("2025-04-06 01:00:00", "2025-04-06 02:00:00"),
+        ),
+        # No change inside: the window's texts and a second past the end.
+        (
+            "Europe/London",
+            "2025-10-26 02:00:00",
+            "2025-10-26 03:00:00",
+            ("2025-10-26 02:00:00", "2025-10-26 03:00:01"),
+        ),
+    ],
+)
+def test_api_texts_cover_every_wall_clock_time_of_the_window(
+    zone: str, start: str, end: str, texts: tuple[str, str]
+) -> None:
+    """The API filters on wall-clock texts. Where the clock goes back inside a window (or
+    right after its end), the texts of its instants are not in order: date_from/date_to must
+    span the earliest and the latest of them (a second past it), never an inverted or
+    shortened range that the API would answer with fewer calls than the window holds."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+
+    def instant(text: str) -> datetime:
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+    window = Window(instant(start), instant(end))
+    params = window.api_params(tz)
+    assert (params["date_from"], params["date_to"]) == texts
+    second = timedelta(seconds=1)
+    moment = window.start.astimezone(UTC)
+    while moment <= window.end:  # every second's wall-clock text is asked for
+        wall = moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+        assert texts[0] <= wall < texts[1], wall
+        moment += second
+
+
 DAY = timedelta(days=1)
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 
@@ -124,8 +185,9 @@ def test_windows_across_a_dst_change_are_real_instants_with_contiguous_texts(
     """Sub-day windows in a zone that changes its clocks: every bound is a time that exists
     there (a wall-clock time in the spring gap is no instant: stored, it would make a window
     end before it starts, and a resumed backfill could take a real window for done), the
-    windows follow each other as instants, and their API texts still tile the day's local
-    times with no gap, so the API is asked for every record it holds."""
+    windows follow each other as instants, and their API texts still cover the day's local
+    times with no gap (overlapping where the clock goes back), so the API is asked for every
+    record it holds."""
     from zoneinfo import ZoneInfo
 
     tz = ZoneInfo(zone)
@@ -144,9 +206,10 @@ def test_windows_across_a_dst_change_are_real_instants_with_contiguous_texts(
     assert texts[0]["date_from"] == day.strftime("%Y-%m-%d %H:%M:%S")
     last = (day + timedelta(days=1, seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
     assert texts[-1]["date_to"] == last
-    for before, after in itertools.pairwise(texts):  # each asks a second into the next
+    for before, after in itertools.pairwise(texts):  # each asks at least a second into the next
         next_from = datetime.strptime(after["date_from"], "%Y-%m-%d %H:%M:%S")
-        assert before["date_to"] == (next_from + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+        assert before["date_to"] >= (next_from + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+        assert after["date_from"] <= before["date_to"] < after["date_to"]
     # A resumed backfill: each planned window is covered by the committed windows only once
     # they include that window itself (its instants), never by a neighbour's.
     for k, window in enumerate(windows):
