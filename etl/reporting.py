@@ -51,10 +51,16 @@ SETTINGS = {"work_mem": "64MB", "enable_mergejoin": "off", "enable_nestloop": "o
 _KEY = "api_login, country_name, i_vendor, vendor_name"
 _NER = ", ".join(str(code) for code in NER_CAUSES)
 _WHEN = "coalesce(connect_time, setup_time)"
+# The CDRs of the hour buckets lo..hi: those timed from lo to an hour past hi (a bucket holds
+# less than an hour from its start, PostgreSQL's date_trunc being monotonic), of which only
+# those whose bucket is in lo..hi (``_BUCKETS``): where the zone's clock goes back half an
+# hour (Australia/Lord_Howe), a bucket can start on a half hour, and the CDRs of the hour past
+# hi include some of the next bucket, outside the scope the refresh replaces.
 _CDR_HOURS = """api_login = %(login)s AND (
     (connect_time >= %(lo)s AND connect_time < %(hi)s + interval '1 hour')
     OR (connect_time IS NULL
         AND setup_time >= %(lo)s AND setup_time < %(hi)s + interval '1 hour'))"""
+_BUCKETS = "c.hour_start BETWEEN %(lo)s AND %(hi)s"
 _HOURS = "t.api_login = %(login)s AND t.hour_start BETWEEN %(lo)s AND %(hi)s"
 _HOURS_OF_DAYS = (
     "t.api_login = %(login)s AND t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s"
@@ -176,6 +182,7 @@ WITH fresh AS (
             WHERE {{cdr}} AND {_WHEN} IS NOT NULL
             OFFSET 0
         ) c
+        WHERE {{buckets}}
         GROUP BY 1, 2, 3, 4, 5, 6
     ) h
 ), {_write("cdr_hourly", "fresh", _HOURLY_KEY, ("day", *_MEASURES), "{hours}")}
@@ -230,7 +237,7 @@ def refresh_days(
         with _settings(cur):
             hourly = _execute(
                 cur,
-                _REFRESH_HOURS.format(cdr=_CDR_HOURS, hours=_HOURS),
+                _REFRESH_HOURS.format(cdr=_CDR_HOURS, buckets=_BUCKETS, hours=_HOURS),
                 {"tz": tz, "lo": first_hour, "hi": last_hour, "login": api_login},
             )
             daily = _execute(
@@ -259,7 +266,9 @@ def rebuild_rollup(conn: psycopg.Connection[Any]) -> None:
         cur.execute("UPDATE reporting_config SET applied_time_zone = time_zone")
         tz = _applied_zone(cur)
         with _settings(cur):
-            written = _execute(cur, _REFRESH_HOURS.format(cdr="true", hours="true"), {"tz": tz})
+            written = _execute(
+                cur, _REFRESH_HOURS.format(cdr="true", buckets="true", hours="true"), {"tz": tz}
+            )
             written += _execute(cur, _REFRESH_DAYS.format(hours="true", days="true"), {"tz": tz})
     log.info("rollup rebuilt time_zone=%s rows_written=%d", tz, written)
 

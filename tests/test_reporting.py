@@ -985,3 +985,28 @@ def test_documented_queries_run_as_the_read_only_role(
         pg.execute(f"DROP OWNED BY {role}")
         pg.execute(f"DROP ROLE {role}")
         pg.commit()
+
+
+@pytest.mark.parametrize("zone", ["Australia/Lord_Howe", "Europe/London"])
+def test_windows_through_a_reporting_zone_change_keep_the_rollup_exact(
+    engine: Engine, pg: psycopg.Connection[Any], zone: str
+) -> None:
+    """Lord Howe's clock goes back 30 minutes (2025-04-06 02:00 +11:00 -> 01:30 +10:30):
+    an hour bucket there can start on a half hour, so "the hours from lo to hi" and "the
+    CDRs from lo to hi + 1 h" do not match; a window refresh recomputed a bucket past its
+    scope and failed on the rollup's unique key, on every retry. Half-hour windows through
+    the change must load and leave the rollup equal to a rebuild."""
+    config = SimulatorConfig(
+        accounts={"buyer1": KEYS["buyer1"]},
+        start=datetime(2025, 4, 5, 12),
+        end=datetime(2025, 4, 6, 2),
+        cdrs=3000,
+    )
+    conn = pg
+    with Simulator(config) as sim:
+        set_zone(conn, zone)
+        job = account_job(sim, "buyer1", timedelta(minutes=30))
+        start, end = datetime(2025, 4, 5, 12, tzinfo=UTC), datetime(2025, 4, 6, 2, tzinfo=UTC)
+        summary = pipeline.backfill(engine, job, start, end)
+        assert summary.ok, summary.failures
+        assert all_rollups(conn) == fresh_rollup(conn)
