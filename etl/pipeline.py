@@ -354,6 +354,16 @@ def run_logged(
     return summary
 
 
+def windows_done(engine: Engine, job: Job, windows: list[Window]) -> set[tuple[datetime, datetime]]:
+    """The windows an unfinished earlier backfill of the same account, prefix and planned
+    range committed. (A run records its planned bounds, which for a --from in a spring gap is
+    the first instant after it, and is looked up by them.)"""
+    if not windows:
+        return set()
+    start, end = windows[0].start, windows[-1].end
+    return state.backfill_windows_done(engine, job.api_login, job.prefix, start, end, job.settings)
+
+
 def backfill(
     engine: Engine,
     job: Job,
@@ -375,11 +385,7 @@ def backfill(
     windows = list(plan_windows(start, end, job.settings.window))
     if repair:
         job, resume = replace(job, recheck=True), False
-    done = (
-        state.backfill_windows_done(engine, job.api_login, job.prefix, start, end, job.settings)
-        if resume
-        else set()
-    )
+    done = windows_done(engine, job, windows) if resume else set()
     return run_logged(
         engine, job, "backfill", windows, done=done, on_window=on_window, abandon_stale=locked
     )

@@ -620,3 +620,30 @@ def test_a_backfill_across_an_autumn_change_loads_every_call_of_the_range(
     assert served and served <= set(_db_ids(engine))
     assert report.clean, report
     assert report.time_field.name == "setup_time", report.time_field.note
+
+
+def test_a_backfill_from_a_time_the_spring_change_skips_resumes(engine: Engine) -> None:
+    """``--from`` 01:30 on the night London's clock skips 01:00-02:00: the run starts at the
+    first real instant after the gap (02:00 BST) and records that; resumed, it must find its
+    committed windows (it looked them up by 01:30 read as GMT, and redid everything)."""
+    london = ZoneInfo("Europe/London")
+    config = SimulatorConfig(
+        accounts={"buyer1": "key-one"},
+        start=datetime(2026, 3, 29, 0),
+        end=datetime(2026, 3, 29, 12),
+        cdrs=1000,
+    )
+    with Simulator(config) as sim:
+        settings = make_settings(sim, api_timezone=london, window=timedelta(hours=1))
+        job = make_job(settings)
+        start = datetime(2026, 3, 29, 1, 30, tzinfo=london)
+        end = datetime(2026, 3, 29, 10, tzinfo=london)
+
+        def stop_midway(window: Window, counts: Counts | None, _covers: int) -> None:
+            if counts is not None and window.end.hour >= 4:
+                job.stop.set()
+
+        first = pipeline.backfill(engine, job, start, end, stop_midway)
+        assert first.stopped and first.windows >= 2
+        second = pipeline.backfill(engine, make_job(settings), start, end)
+    assert second.ok and second.skipped == first.windows

@@ -12,7 +12,7 @@ import click
 import orjson
 from sqlalchemy import Engine
 
-from etl import db, pipeline, state
+from etl import db, pipeline
 from etl.cli.base import (
     AppContext,
     cli,
@@ -130,9 +130,7 @@ def _print_plan(
     if resume:  # (--repair reads every window again)
         try:
             with database(settings) as engine:
-                done = state.backfill_windows_done(
-                    engine, job.api_login, job.prefix, start, end, settings
-                )
+                done = pipeline.windows_done(engine, job, windows)
         except EtlError as exc:
             click.echo(f"(cannot read the ledger, showing every window as to do: {exc})", err=True)
     committed = Coverage(done)
