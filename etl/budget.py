@@ -6,8 +6,8 @@ by a stop request); the hourly one is checked before each window starts: when it
 pass ends after the window it is on, the watermark stays where the last committed window put
 it, and a later pass resumes from there. Planned windows are joined only as far as the
 requests left in the hour should fetch them (``etl.pipeline``). The hourly count is seeded
-from the ledger (pages fetched in the last hour by any process), so `sync` from cron respects
-it across runs too.
+from the ledger (the requests windows of any process made in the last hour, failed ones and
+retries included), so `sync` from cron respects it across runs too.
 """
 
 from __future__ import annotations

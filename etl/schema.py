@@ -171,6 +171,9 @@ sync_window = Table(
     Column("duration_s", Double, nullable=False, server_default=text("0")),
     Column("error", Text),
     Column("finished_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Every API request the window made, retries and failed ones included (migration 0008;
+    # NULL on older rows): what the hourly request budget counts.
+    Column("requests", Integer),
     Index("ix_sync_window_api_login_window_start", "api_login", "window_start"),
     Index("ix_sync_window_run_id", "run_id"),
 )

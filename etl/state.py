@@ -123,10 +123,10 @@ def finish_run(
 
 _WINDOW_INSERT = """
 INSERT INTO sync_window (run_id, api_login, prefix, window_start, window_end, status, pages,
-    rows_fetched, inserted, updated, unchanged, rejected, conflicts, duration_s, error)
+    rows_fetched, inserted, updated, unchanged, rejected, conflicts, duration_s, error, requests)
 VALUES (%(run_id)s, %(api_login)s, %(prefix)s, %(start)s, %(end)s, %(status)s, %(pages)s,
     %(rows_fetched)s, %(inserted)s, %(updated)s, %(unchanged)s, %(rejected)s, %(conflicts)s,
-    %(duration_s)s, %(error)s)
+    %(duration_s)s, %(error)s, %(requests)s)
 """
 
 
@@ -140,8 +140,10 @@ def record_window(
     counts: Counts,
     duration_s: float,
     error: str | None = None,
+    requests: int | None = None,
 ) -> None:
-    """Write one window's ledger row on ``conn`` (inside the caller's transaction)."""
+    """Write one window's ledger row on ``conn`` (inside the caller's transaction);
+    ``requests``: every API request the window made (for the hourly budget)."""
     conn.execute(
         _WINDOW_INSERT,
         {
@@ -153,6 +155,7 @@ def record_window(
             "status": status,
             "duration_s": duration_s,
             "error": error,
+            "requests": requests,
             **asdict(counts),
         },
     )
@@ -267,10 +270,12 @@ def recent_density(engine: Engine, api_login: str, prefix: str) -> float | None:
 
 
 def requests_last_hour(engine: Engine, api_login: str) -> int:
-    """Pages (API requests) the ledger records for the account in the last hour."""
+    """API requests the ledger records for the account in the last hour (every request of
+    each window, failed ones and retries included; the pages of rows from before 0008)."""
+    requests = func.coalesce(sync_window.c.requests, sync_window.c.pages)
     with engine.connect() as conn:
         value = conn.execute(
-            select(func.coalesce(func.sum(sync_window.c.pages), 0)).where(
+            select(func.coalesce(func.sum(requests), 0)).where(
                 sync_window.c.api_login == api_login,
                 sync_window.c.finished_at > func.now() - text("interval '1 hour'"),
             )

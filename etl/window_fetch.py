@@ -44,6 +44,7 @@ def fetch_page(job: Job, window: Window, paginator: OffsetPaginator) -> Page:
         if job.budget is not None:
             job.budget.acquire(job.stop.wait)
             job.check_stop(where)
+        job.requests.count(window)
         try:
             page = job.client.fetch_page(params)
         except ApiError as exc:

@@ -44,6 +44,23 @@ def _ignore(_event: str, _kind: str) -> None:
     """The default observer: metrics are optional."""
 
 
+class RequestCounter:
+    """API requests per window (every attempt, retried or failed), until the window's ledger
+    row takes them: what the hourly request budget counts across processes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[Window, int] = {}
+
+    def count(self, window: Window) -> None:
+        with self._lock:
+            self._counts[window] = self._counts.get(window, 0) + 1
+
+    def take(self, window: Window) -> int:
+        with self._lock:
+            return self._counts.pop(window, 0)
+
+
 @dataclass(frozen=True)
 class Job:
     """One account's work: which account, which prefix, how to fetch and retry.
@@ -65,6 +82,7 @@ class Job:
     observe: Callable[[str, str], None] = _ignore
     budget: RequestBudget | None = None
     recheck: bool = False
+    requests: RequestCounter = field(default_factory=RequestCounter)
 
     @property
     def api_login(self) -> str:
@@ -200,7 +218,15 @@ def sync_window(
             counts = load_window(conn, job, window, run_id, pages)
             duration = time.monotonic() - started
             state.record_window(
-                conn, run_id, job.api_login, job.prefix, window, "done", counts, duration
+                conn,
+                run_id,
+                job.api_login,
+                job.prefix,
+                window,
+                "done",
+                counts,
+                duration,
+                requests=job.requests.take(window),
             )
             if hook is not None:
                 hook.before_commit(conn, window)
@@ -227,12 +253,22 @@ def sync_window(
 
 
 def record_failure(engine: Engine, job: Job, window: Window, run_id: int, error: EtlError) -> None:
+    requests = job.requests.take(window)
     try:
         with engine.begin() as sa_conn:
             conn = sa_conn.connection.driver_connection
             assert isinstance(conn, psycopg.Connection)
             state.record_window(
-                conn, run_id, job.api_login, job.prefix, window, "failed", Counts(), 0.0, str(error)
+                conn,
+                run_id,
+                job.api_login,
+                job.prefix,
+                window,
+                "failed",
+                Counts(),
+                0.0,
+                str(error),
+                requests=requests,
             )
     except Exception:  # the database may be the thing that failed; the error is raised anyway
         log.warning(

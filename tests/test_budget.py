@@ -98,3 +98,24 @@ def test_joined_windows_stay_within_the_hourly_budget(sim: Simulator, engine: En
     assert result.summary is not None and result.summary.status == "paused"
     assert 1 < result.summary.windows < 10
     assert sim.requests_served <= 7 + 2
+
+
+def test_failed_requests_count_against_the_hour_across_runs(sim: Simulator, engine: Engine) -> None:
+    """An API answering every request with 429 (rate limited): each pass's window
+    fails after its retries. Those requests count against the hour for the next pass (of
+    this process or another: seeded from the ledger), so passes run from cron stop asking
+    once the hour is spent; the ledger counted only the pages of loaded windows, so every
+    pass sent its retries again."""
+    settings = replace(
+        make_settings(sim), start_date=datetime(2026, 9, 21), window=timedelta(days=1)
+    )
+    now = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)
+    sim.set_fault_rate(1.0, ["429"], retry_after=0.0)
+    for _ in range(3):  # each pass a new process: a fresh budget seeded from the ledger
+        job = replace(make_job(settings), budget=RequestBudget(per_second=0, per_hour=4))
+        job.seed_budget(engine)
+        run_pass(engine, job, INCREMENTAL, now)
+    first_pass = 6  # the retry policy's attempts at the first window (NO_WAIT)
+    assert sim.requests_served == first_pass
+    ledger = table_rows(engine, "SELECT status, requests FROM sync_window")
+    assert ledger == [("failed", first_pass)]
