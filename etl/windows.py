@@ -13,7 +13,7 @@ it knows the account's row density; ``Coverage`` tells which planned windows the
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -81,17 +81,28 @@ def _clock_turns_back(first: datetime, last: datetime, tz: tzinfo) -> Iterator[d
     before = first
     while before < last:
         after = min(before + _STEP, last)
-        if _offset(after, tz) < _offset(before, tz):
-            low, high = before, after  # the offset changes in (low, high]
-            while high - low > _SECOND:
-                middle = low + (high - low) // 2
-                middle -= timedelta(microseconds=middle.microsecond)
-                if _offset(middle, tz) < _offset(before, tz):
-                    high = middle
-                else:
-                    low = middle
-            yield high
+        offset = _offset(before, tz)
+
+        def smaller(instant: datetime, offset: timedelta = offset) -> bool:
+            return _offset(instant, tz) < offset
+
+        if smaller(after):
+            yield _first_second(before, after, smaller)
         before = after
+
+
+def _first_second(
+    before: datetime, after: datetime, changed: Callable[[datetime], bool]
+) -> datetime:
+    """The first whole second in ``(before, after]`` (instants) for which ``changed`` holds,
+    given that it holds at ``after``, not at ``before``, and from some second on."""
+    while after - before > _SECOND:
+        middle = before + (after - before) // _SECOND // 2 * _SECOND
+        if changed(middle):
+            after = middle
+        else:
+            before = middle
+    return after
 
 
 def _offset(instant: datetime, tz: tzinfo) -> timedelta:
@@ -131,10 +142,13 @@ def _instant(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _zone(moment: datetime) -> tzinfo:
+    assert moment.tzinfo is not None
+    return moment.tzinfo
+
+
 def _exists(moment: datetime) -> bool:
-    return _instant(moment).astimezone(moment.tzinfo).replace(tzinfo=None) == moment.replace(
-        tzinfo=None
-    )
+    return _wall(_instant(moment), _zone(moment)) == moment.replace(tzinfo=None)
 
 
 def _existing(moment: datetime) -> datetime:
@@ -144,15 +158,11 @@ def _existing(moment: datetime) -> datetime:
         return moment
     # In a gap, fold=1 reads the time with the offset after the change (an instant before
     # it) and fold=0 with the one before (an instant after it): the change lies between.
+    zone, wall = _zone(moment), moment.replace(tzinfo=None)
     before, after = _instant(moment.replace(fold=1)), _instant(moment.replace(fold=0))
-    wall = moment.replace(tzinfo=None)
-    while after - before > timedelta(seconds=1):  # the first second whose wall time is later
-        middle = before + timedelta(seconds=(after - before) // timedelta(seconds=2))
-        if middle.astimezone(moment.tzinfo).replace(tzinfo=None) > wall:
-            after = middle
-        else:
-            before = middle
-    return after.astimezone(moment.tzinfo)
+    return _first_second(before, after, lambda instant: _wall(instant, zone) > wall).astimezone(
+        zone
+    )
 
 
 # A coalesced window never spans more than this, however sparse the account: offset paging

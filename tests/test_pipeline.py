@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from etl import pipeline
+from etl.config import Settings
 from etl.errors import AuthError, FatalApiError, ResultChangedError
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.state import Counts
@@ -593,6 +594,19 @@ def test_a_later_run_joins_windows_from_its_first_by_the_ledger_density(
     assert _db_ids(engine) == _api_ids(sim)
 
 
+LONDON = ZoneInfo("Europe/London")
+
+
+def _calls_between(start: datetime, end: datetime, cdrs: int) -> SimulatorConfig:
+    """buyer1's calls set up between two API wall-clock times."""
+    return SimulatorConfig(accounts={"buyer1": "key-one"}, start=start, end=end, cdrs=cdrs)
+
+
+def _hourly_in_london(sim: Simulator) -> Settings:
+    """An API whose times are Europe/London's wall clock, synced in hourly windows."""
+    return make_settings(sim, api_timezone=LONDON, window=timedelta(hours=1))
+
+
 @pytest.mark.parametrize("exclusive", [False, True])
 def test_a_backfill_across_an_autumn_change_loads_every_call_of_the_range(
     engine: Engine, exclusive: bool
@@ -600,18 +614,11 @@ def test_a_backfill_across_an_autumn_change_loads_every_call_of_the_range(
     """An API in Europe/London, hourly windows through the night the clock goes back: the
     window ending at 01:59:59 BST must not ask only up to 01:00:00 (GMT, a second later),
     which left the repeated hour's texts unread and the run "succeeded"."""
-    london = ZoneInfo("Europe/London")
-    config = SimulatorConfig(
-        accounts={"buyer1": "key-one"},
-        start=datetime(2025, 10, 25, 22),
-        end=datetime(2025, 10, 26, 5),
-        cdrs=3000,
-        exclusive_bounds=exclusive,
-    )
-    with Simulator(config) as sim:
-        settings = make_settings(sim, api_timezone=london, window=timedelta(hours=1))
-        start = datetime(2025, 10, 25, 23, 59, 59, tzinfo=london)
-        end = datetime(2025, 10, 26, 3, 59, 59, tzinfo=london)
+    config = _calls_between(datetime(2025, 10, 25, 22), datetime(2025, 10, 26, 5), 3000)
+    with Simulator(replace(config, exclusive_bounds=exclusive)) as sim:
+        settings = _hourly_in_london(sim)
+        start = datetime(2025, 10, 25, 23, 59, 59, tzinfo=LONDON)
+        end = datetime(2025, 10, 26, 3, 59, 59, tzinfo=LONDON)
         summary = pipeline.backfill(engine, make_job(settings), start, end)
         low, high = "2025-10-25 23:59:59", "2025-10-26 03:59:59"
         served = {int(r["i_cdr"]) for r in sim.records("buyer1") if low <= r["setup_time"] <= high}
@@ -626,18 +633,11 @@ def test_a_backfill_from_a_time_the_spring_change_skips_resumes(engine: Engine) 
     """``--from`` 01:30 on the night London's clock skips 01:00-02:00: the run starts at the
     first real instant after the gap (02:00 BST) and records that; resumed, it must find its
     committed windows (it looked them up by 01:30 read as GMT, and redid everything)."""
-    london = ZoneInfo("Europe/London")
-    config = SimulatorConfig(
-        accounts={"buyer1": "key-one"},
-        start=datetime(2026, 3, 29, 0),
-        end=datetime(2026, 3, 29, 12),
-        cdrs=1000,
-    )
-    with Simulator(config) as sim:
-        settings = make_settings(sim, api_timezone=london, window=timedelta(hours=1))
+    with Simulator(_calls_between(datetime(2026, 3, 29), datetime(2026, 3, 29, 12), 1000)) as sim:
+        settings = _hourly_in_london(sim)
         job = make_job(settings)
-        start = datetime(2026, 3, 29, 1, 30, tzinfo=london)
-        end = datetime(2026, 3, 29, 10, tzinfo=london)
+        start = datetime(2026, 3, 29, 1, 30, tzinfo=LONDON)
+        end = datetime(2026, 3, 29, 10, tzinfo=LONDON)
 
         def stop_midway(window: Window, counts: Counts | None, _covers: int) -> None:
             if counts is not None and window.end.hour >= 4:
