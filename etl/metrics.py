@@ -1,9 +1,10 @@
 """Prometheus metrics and a health check for the daemon, on 127.0.0.1 only.
 
 ``/metrics``: rows by outcome, runs by status, API requests and errors by kind, lag and last
-success time per account. ``/healthz``: 200 when every account's lag is under TCXC_LAG_ALERT,
-503 otherwise (or when the database cannot be read). Lag is read from the database at scrape
-time, so it is right even when another daemon did the work.
+success time per account. ``/healthz``: 200 when every account's lag is under TCXC_LAG_ALERT
+and its last deep pass completed, 503 otherwise (or when the database cannot be read). Both
+are read from the database at scrape time, so they are right even when another daemon did the
+work.
 """
 
 from __future__ import annotations
@@ -112,12 +113,15 @@ def serve(
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             else:
                 lagging = [s.api_login for s in statuses if s.lagging]
+                unfinished = [s.api_login for s in statuses if s.deep_pass_incomplete]
+                healthy = not lagging and not unfinished
                 body = {
-                    "healthy": not lagging,
+                    "healthy": healthy,
                     "lagging": lagging,
+                    "deep_pass_incomplete": unfinished,
                     "checked_at": datetime.now(UTC).isoformat(),
                 }
-                self._send(503 if lagging else 200, orjson.dumps(body), "application/json")
+                self._send(200 if healthy else 503, orjson.dumps(body), "application/json")
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)

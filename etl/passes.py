@@ -6,7 +6,11 @@ watermark to its end in the transaction that commits its rows; the first failure
 account's pass, so the watermark never passes a window that did not commit.
 
 Deep: per account, re-syncs [now - TCXC_DEEP_LOOKBACK, watermark] so that late and re-rated
-CDRs beyond the lookback converge; it never moves the watermark.
+CDRs beyond the lookback converge; it never moves the watermark. A deep pass that did not
+complete (a failed window, a spent request budget, a stop, a dead process) is finished by the
+account's next incremental pass that succeeds: it re-syncs, as a deep pass, the deep windows
+that no run has committed since the unfinished one began (a day's wait for the next deep pass
+would leave that period unconverged, and `status` failing, for a day).
 
 Accounts whose lock another process holds are skipped with a log line: several daemons on
 one database share the accounts without double work.
@@ -42,10 +46,16 @@ class PassResult:
     summary: RunSummary | None
     skipped: str | None = None
     error: EtlError | None = None
+    # An incremental pass's finishing of the account's unfinished deep pass, if it ran one.
+    deep_retry: RunSummary | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and (self.summary is None or self.summary.ok)
+        return (
+            self.error is None
+            and (self.summary is None or self.summary.ok)
+            and (self.deep_retry is None or self.deep_retry.ok)
+        )
 
 
 def _aware(moment: datetime, settings: Settings) -> datetime:
@@ -85,6 +95,26 @@ def plan_deep(watermark: datetime | None, now: datetime, settings: Settings) -> 
     return list(plan_windows(start, watermark, settings.window))
 
 
+def _finish_deep_pass(engine: Engine, job: Job) -> RunSummary | None:
+    """Finish the account's last deep pass if it did not complete (under the account's lock):
+    a deep run of the windows it planned, skipping those committed by any run since the
+    first unfinished deep pass began (a retry that fails again is retried the same way)."""
+    last = state.last_deep_pass(engine, job.api_login, job.prefix)
+    if last is None or not last.incomplete or not last.range_start or not last.range_end:
+        return None
+    windows = list(plan_windows(last.range_start, last.range_end, job.settings.window))
+    done = state.committed_since(
+        engine, job.api_login, job.prefix, last.unfinished_since, last.range_start, last.range_end
+    )
+    log.info(
+        "finishing the deep pass of account=%s (run %d: %s)",
+        job.api_login,
+        last.run_id,
+        last.status,
+    )
+    return run_logged(engine, job, DEEP, windows, done=done)
+
+
 def run_pass(
     engine: Engine,
     job: Job,
@@ -122,13 +152,21 @@ def run_pass(
             windows = plan_incremental(watermark, moment, job.settings)
         else:
             windows = plan_deep(watermark, moment, job.settings)
-        if not windows:
+        summary = None
+        if windows:
+            summary = run_logged(
+                engine, job, kind, windows, watermark=kind == INCREMENTAL, abandon_stale=True
+            )
+        else:
             log.info("nothing due account=%s pass=%s", job.api_login, kind)
-            return PassResult(job.api_login, None, "nothing due")
-        summary = run_logged(
-            engine, job, kind, windows, watermark=kind == INCREMENTAL, abandon_stale=True
-        )
-    return PassResult(job.api_login, summary)
+        retry = None
+        # (not after a failure, a stop or a spent budget: it would fail or pause the same way)
+        succeeded = summary is None or summary.status == "succeeded"
+        if kind == INCREMENTAL and succeeded and not job.stop.is_set():
+            retry = _finish_deep_pass(engine, job)
+    if summary is None and retry is None:
+        return PassResult(job.api_login, None, "nothing due")
+    return PassResult(job.api_login, summary, deep_retry=retry)
 
 
 def run_all(

@@ -319,7 +319,7 @@ def run_logged(
     if abandon_stale:
         state.abandon_stale_runs(engine, job.api_login)
     run_id = state.start_run(
-        engine, command, job.api_login, start, end, state.row_settings(job.settings)
+        engine, command, job.api_login, start, end, state.row_settings(job.settings), job.prefix
     )
     summary = RunSummary(run_id=run_id, planned=len(windows))
     committed = Coverage(done or ())

@@ -149,6 +149,9 @@ etl_run = Table(
     Column("error", Text),
     # The settings its records were read under (etl.state.row_settings; migration 0006).
     Column("row_settings", Text),
+    # The destination prefix it synced (migration 0009; NULL for runs of no single prefix).
+    Column("prefix", Text),
+    Index("ix_etl_run_api_login_command", "api_login", "command", "id"),
 )
 
 sync_window = Table(

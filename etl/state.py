@@ -52,9 +52,10 @@ def start_run(
     start: datetime | None,
     end: datetime | None,
     settings: str | None = None,
+    prefix: str | None = None,
 ) -> int:
     """Insert a run row with status 'running' and return its id (committed at once);
-    ``settings``: its ``row_settings``."""
+    ``settings``: its ``row_settings``; ``prefix``: the destination prefix it syncs."""
     with engine.begin() as conn:
         run_id = conn.execute(
             insert(etl_run)
@@ -64,6 +65,7 @@ def start_run(
                 range_start=start,
                 range_end=end,
                 row_settings=settings,
+                prefix=prefix,
             )
             .returning(etl_run.c.id)
         ).scalar_one()
@@ -241,9 +243,61 @@ _DEEP_FINISHED_SINCE = text("""
 SELECT EXISTS (
     SELECT FROM etl_run r
     WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.status = 'succeeded'
-      AND r.finished_at > :since
-      AND EXISTS (SELECT FROM sync_window w WHERE w.run_id = r.id AND w.prefix = :prefix)
+      AND r.finished_at > :since AND r.prefix = :prefix
 )""")
+# A deep pass that ended without converging its period: failed windows, a spent request
+# budget, a stop, or a process that died (marked 'abandoned' by the account's next run).
+DEEP_INCOMPLETE = ("failed", "paused", "stopped", "abandoned")
+_LAST_DEEP = text("""
+WITH deep AS (
+    SELECT * FROM etl_run
+    WHERE command = 'deep-sync' AND api_login = :login AND prefix = :prefix
+)
+SELECT id, status, coalesce(finished_at, started_at), range_start, range_end,
+       (SELECT min(started_at) FROM deep u WHERE u.id > coalesce(
+            (SELECT max(id) FROM deep s WHERE s.status = 'succeeded'), 0))
+FROM deep ORDER BY id DESC LIMIT 1
+""")
+_COMMITTED_SINCE = text("""
+SELECT window_start, window_end FROM sync_window
+WHERE api_login = :login AND prefix = :prefix AND status = 'done' AND finished_at >= :since
+  AND window_end > :lo AND window_start < :hi
+""")
+
+
+@dataclass(frozen=True)
+class DeepPass:
+    """The last deep pass of an account and prefix."""
+
+    run_id: int
+    status: str
+    at: datetime  # when it ended (when it started, while running)
+    range_start: datetime | None  # the bounds of its planned windows
+    range_end: datetime | None
+    # When the first of the deep passes since the last one that succeeded began (a pass and
+    # the retries finishing it): windows committed since then need no re-sync.
+    unfinished_since: datetime
+
+    @property
+    def incomplete(self) -> bool:
+        return self.status in DEEP_INCOMPLETE
+
+
+def last_deep_pass(engine: Engine, api_login: str, prefix: str) -> DeepPass | None:
+    """The last deep pass of the account and prefix (None: none yet)."""
+    with engine.connect() as conn:
+        row = conn.execute(_LAST_DEEP, {"login": api_login, "prefix": prefix}).first()
+    return DeepPass(*row) if row else None
+
+
+def committed_since(
+    engine: Engine, api_login: str, prefix: str, since: datetime, lo: datetime, hi: datetime
+) -> set[tuple[datetime, datetime]]:
+    """The windows of the account and prefix committed at or after ``since`` (by any run)
+    that overlap [lo, hi)."""
+    params = {"login": api_login, "prefix": prefix, "since": since, "lo": lo, "hi": hi}
+    with engine.connect() as conn:
+        return {(row[0], row[1]) for row in conn.execute(_COMMITTED_SINCE, params)}
 
 
 def deep_pass_finished_since(engine: Engine, api_login: str, prefix: str, since: datetime) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from etl import state
 from etl.config import Account
 from etl.windows import Coverage, Window
 
@@ -62,6 +63,11 @@ class AccountStatus:
     # Records set aside for review in the last 24 h (cdr_reject, cdr_conflict).
     rejected_24h: int = 0
     conflicts_24h: int = 0
+    # The last deep pass of the account and prefix: its status and when it ended (started,
+    # while running); incomplete until a later one succeeds (etl.state.DEEP_INCOMPLETE).
+    deep_pass_status: str | None = None
+    deep_pass_at: datetime | None = None
+    deep_pass_incomplete: bool = False
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,6 +98,7 @@ def account_status(
             if failed
             else []
         )
+    deep = state.last_deep_pass(engine, account.login, account.prefix)
     watermark, last_status, last_at, last_ok, rows_24h, rejected_24h, conflicts_24h = row
     waiting = [
         (f.window_start, f.window_end)
@@ -114,6 +121,9 @@ def account_status(
         lagging=lag is None or lag > alert_after.total_seconds(),
         rejected_24h=int(rejected_24h),
         conflicts_24h=int(conflicts_24h),
+        deep_pass_status=deep.status if deep else None,
+        deep_pass_at=deep.at if deep else None,
+        deep_pass_incomplete=bool(deep and deep.incomplete),
     )
 
 
@@ -121,15 +131,23 @@ def format_status(statuses: list[AccountStatus]) -> str:
     """A human-readable table."""
     lines = [
         f"{'account':<20} {'watermark':<26} {'lag':>10} {'last run':<10} {'rows 24h':>9} "
-        f"{'failed':>6} {'rejects 24h':>11} {'conflicts 24h':>13}"
+        f"{'failed':>6} {'rejects 24h':>11} {'conflicts 24h':>13} {'deep pass':<10}"
     ]
     for s in statuses:
         lag = "never" if s.lag_seconds is None else str(timedelta(seconds=int(s.lag_seconds)))
-        mark = "  LAGGING" if s.lagging else ""
+        marks = [
+            mark
+            for mark, on in (
+                ("LAGGING", s.lagging),
+                ("DEEP PASS INCOMPLETE", s.deep_pass_incomplete),
+            )
+            if on
+        ]
+        mark = "".join("  " + m for m in marks)
         name = f"{s.api_login} ({s.prefix})" if s.prefix else s.api_login
         lines.append(
             f"{name:<20} {s.watermark or '-'!s:<26} {lag:>10} "
             f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"
-            f" {s.rejected_24h:>11} {s.conflicts_24h:>13}{mark}"
+            f" {s.rejected_24h:>11} {s.conflicts_24h:>13} {s.deep_pass_status or '-':<10}{mark}"
         )
     return "\n".join(lines)

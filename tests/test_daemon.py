@@ -21,7 +21,7 @@ from etl.cli.sync import daemon_passes
 from etl.metrics import Metrics
 from etl.passes import DEEP, INCREMENTAL
 from etl.scheduler import build_scheduler
-from etl.simulator import Simulator, SimulatorConfig
+from etl.simulator import Fault, Simulator, SimulatorConfig
 from tests.conftest import (
     backfill_args,
     free_port,
@@ -361,3 +361,41 @@ def test_a_deep_sync_stopped_while_it_waits_for_the_lock_exits_1(
         backfill.communicate(timeout=60)
     assert deep.returncode == 1, out + err
     assert "stopped while waiting for the account's lock" in out + err
+
+
+def test_status_and_health_show_a_deep_pass_that_did_not_complete(
+    sim: Simulator, database_url: str, engine: Engine
+) -> None:
+    """A NOC relying on `status` (or /healthz) saw nothing when the nightly deep pass failed:
+    `status` exits 1 naming the account and /healthz answers 503 until a deep pass completes;
+    the next `sync` finishes it."""
+    from etl.config import Account, Secret
+    from etl.metrics import serve
+    from etl.status import account_status
+
+    env = sim_env(sim, database_url, DAEMON_ENV, TCXC_WINDOW="7d", TCXC_DEEP_LOOKBACK="400d")
+    assert run_cli("sync", env=env).returncode == 0
+    sim.inject(Fault("error_envelope"))
+    assert run_cli("sync", "--deep", env=env).returncode == 1
+    shown = run_cli("status", env=env)
+    assert shown.returncode == 1, shown.stdout
+    assert "deep pass" in shown.stderr and "buyer1" in shown.stderr, shown.stderr
+    (account,) = orjson.loads(run_cli("status", "--json", env=env).stdout)
+    assert account["deep_pass_status"] == "failed" and account["deep_pass_incomplete"]
+
+    def statuses() -> list[Any]:
+        now = datetime.now(UTC)
+        return [account_status(engine, Account("buyer1", Secret("k")), now, timedelta(days=999))]
+
+    server = serve(Metrics(), "127.0.0.1", free_port(), statuses)
+    try:
+        health = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+        answer = requests.get(health, timeout=10)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["deep_pass_incomplete"] == ["buyer1"]
+        assert run_cli("sync", env=env).returncode == 0
+        assert requests.get(health, timeout=10).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run_cli("status", env=env).returncode == 0

@@ -207,3 +207,26 @@ def test_0007_records_each_conflicting_record_once_whatever_raw_held(
     finally:
         engine.dispose()
     assert [tuple(row) for row in kept] == [(1, True), (3, True)]
+
+
+def test_0009_gives_older_runs_the_one_prefix_of_their_windows(empty_database_url: str) -> None:
+    """Runs from before 0009 take the prefix of their ledger rows when they have exactly one;
+    a run with none, or with windows of two prefixes, has no prefix (NULL)."""
+    engine = db.make_engine(empty_database_url)
+    window = (
+        "INSERT INTO sync_window (run_id, api_login, prefix, window_start, window_end, status)"
+        " VALUES (:run, 'buyer1', :prefix, now(), now(), 'done')"
+    )
+    try:
+        db.migrate(engine, "0008")
+        with engine.begin() as conn:
+            for _ in range(4):
+                conn.execute(text("INSERT INTO etl_run (command, api_login) VALUES ('sync', 'b')"))
+            for run, prefix in ((1, ""), (1, ""), (2, "44"), (3, ""), (3, "44")):
+                conn.execute(text(window), {"run": run, "prefix": prefix})
+        db.migrate(engine)
+        with engine.connect() as conn:
+            prefixes = conn.execute(text("SELECT id, prefix FROM etl_run ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in prefixes] == [(1, ""), (2, "44"), (3, None), (4, None)]

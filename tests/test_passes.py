@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from etl import state
-from etl.config import Settings
+from etl.config import Account, Secret, Settings
 from etl.locks import account_lock
 from etl.passes import DEEP, INCREMENTAL, plan_deep, plan_incremental, run_pass
+from etl.pipeline import backfill
 from etl.simulator import Fault, Simulator, SimulatorConfig
+from etl.status import account_status
 from tests.conftest import SIM_END, FakeClock, make_job, make_settings, table_rows
 
 NOW = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)  # settle lag 10 min: passes end at 2026-10-01
@@ -224,7 +226,7 @@ def test_a_deep_pass_another_process_ran_meanwhile_is_not_run_twice(
         thread, results = _deep_pass_in_a_thread(engine, job)
         thread.join(timeout=2)
         # meanwhile the other daemon's deep pass of this account runs to its end
-        other = state.start_run(engine, DEEP, "buyer1", START, NOW)
+        other = state.start_run(engine, DEEP, "buyer1", START, NOW, prefix="")
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -304,3 +306,65 @@ def test_an_error_inside_the_lock_is_not_hidden_by_the_lock_connection_dying(
                 )
             )
         raise WindowFailed("database error during account buyer1, window W: connection lost")
+
+
+def test_a_deep_pass_that_did_not_complete_is_finished_by_the_next_incremental_pass(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A deep window that fails (one error answer) was retried only by the next deep pass, a
+    day later, and `status` said nothing. `status` now shows the deep pass as failed, and the
+    next incremental pass re-syncs the deep pass's windows that nothing committed since it
+    began (here: the failed one alone), which settles it."""
+    settings = _settings(sim, deep_lookback=timedelta(days=7))
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    later = NOW + timedelta(minutes=20)
+    first_deep = plan_deep(state.read_watermark(engine, "buyer1", ""), later, settings)[0]
+    _late(sim, first_deep.start + timedelta(hours=1), "990000000003")
+    sim.inject(Fault("error_envelope"))  # the deep pass's first window fails
+    deep = run_pass(engine, job, DEEP, later)
+    assert deep.summary is not None and len(deep.summary.failures) == 1
+    assert 990000000003 not in _ids(engine)
+    account = Account("buyer1", Secret("k"))
+    failed = account_status(engine, account, later, timedelta(days=1))
+    assert failed.deep_pass_status == "failed" and failed.deep_pass_incomplete
+
+    before = sim.stats()["requests"]
+    retried = run_pass(engine, job, INCREMENTAL, later + timedelta(minutes=5))
+    assert retried.ok and retried.deep_retry is not None
+    assert retried.deep_retry.windows == 1, "only the window nothing re-synced since"
+    assert 990000000003 in _ids(engine)
+    windows = "SELECT window_start, window_end, requests FROM sync_window WHERE run_id = {}"
+    (again,) = table_rows(engine, windows.format(retried.deep_retry.run_id))
+    assert again[:2] == (deep.summary.failures[0][0].start, deep.summary.failures[0][0].end)
+    assert retried.summary is not None
+    (incremental,) = table_rows(engine, windows.format(retried.summary.run_id))
+    assert sim.stats()["requests"] - before == incremental[2] + again[2], "nothing else"
+    settled = account_status(engine, account, later, timedelta(days=1))
+    assert settled.deep_pass_status == "succeeded" and not settled.deep_pass_incomplete
+    assert run_pass(engine, job, INCREMENTAL, later + timedelta(minutes=10)).deep_retry is None
+
+
+def test_an_unfinished_deep_pass_whose_windows_were_all_synced_since_is_settled_for_free(
+    sim: Simulator, engine: Engine
+) -> None:
+    """After an operator backfilled the failed deep window's period, the incremental pass
+    records the deep pass as finished without a request of its own."""
+    settings = _settings(sim, deep_lookback=timedelta(days=7))
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    sim.inject(Fault("error_envelope"))
+    deep = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
+    assert deep.summary is not None and len(deep.summary.failures) == 1
+    failed = deep.summary.failures[0][0]
+    assert backfill(engine, job, failed.start, failed.end).ok
+    before = sim.stats()["requests"]
+    settled = run_pass(engine, job, INCREMENTAL, NOW + timedelta(minutes=25))
+    assert settled.deep_retry is not None and settled.deep_retry.status == "succeeded"
+    assert settled.deep_retry.windows == 0 and settled.deep_retry.skipped == 7
+    assert settled.summary is not None
+    (made,) = table_rows(
+        engine, f"SELECT sum(requests) FROM sync_window WHERE run_id = {settled.summary.run_id}"
+    )
+    assert sim.stats()["requests"] - before == made[0], "the deep retry made no request"
+    assert not state.last_deep_pass(engine, "buyer1", "").incomplete

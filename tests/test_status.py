@@ -83,3 +83,54 @@ def test_a_window_failing_pass_after_pass_counts_once(engine: Engine) -> None:
     waiting for a retry, not one per pass; spans apart count apart."""
     _ledger(engine, ("failed", 5, 6), ("failed", 5, 7), ("failed", 5, 8), ("failed", 20, 21))
     assert _pending(engine) == 2
+
+
+def _deep_run(engine: Engine, status: str, prefix: str = "", started: int = 0) -> None:
+    run_id = state.start_run(engine, "deep-sync", "buyer1", T0, T0 + DAY, prefix=prefix)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE etl_run SET status = :status, started_at = :started WHERE id = :id"),
+            {"status": status, "id": run_id, "started": T0 + started * DAY},
+        )
+
+
+def _deep(engine: Engine, prefix: str = "") -> tuple[str | None, bool]:
+    account = Account("buyer1", Secret("k"), prefix=prefix)
+    status = account_status(engine, account, T0 + 40 * DAY, DAY)
+    return status.deep_pass_status, status.deep_pass_incomplete
+
+
+def test_the_last_deep_pass_of_the_account_and_prefix_decides(engine: Engine) -> None:
+    """A deep pass that did not complete (failed, paused by the budget, stopped, or left by a
+    dead process) is shown until a later one of the same account and prefix succeeds; one
+    running now is not a failure, and another prefix's deep passes do not count."""
+    assert _deep(engine) == (None, False), "no deep pass yet"
+    for status in ("failed", "paused", "stopped", "abandoned"):
+        _deep_run(engine, "succeeded")
+        _deep_run(engine, status)
+        assert _deep(engine) == (status, True)
+    _deep_run(engine, "running")
+    assert _deep(engine) == ("running", False)
+    _deep_run(engine, "succeeded", prefix="44")
+    assert _deep(engine) == ("running", False)
+    assert _deep(engine, "44") == ("succeeded", False)
+    _deep_run(engine, "succeeded")
+    assert _deep(engine) == ("succeeded", False)
+
+
+def test_a_retry_that_fails_again_still_counts_from_the_first_unfinished_pass(
+    engine: Engine,
+) -> None:
+    """An incremental pass finishing a deep pass skips the windows committed since the first
+    unfinished deep pass began: a retry that fails again must not move that point (its own
+    start would discard the windows the first one committed)."""
+    _deep_run(engine, "succeeded", started=1)
+    _deep_run(engine, "failed", started=2)
+    _deep_run(engine, "failed", started=3)
+    _deep_run(engine, "stopped", started=4)
+    last = state.last_deep_pass(engine, "buyer1", "")
+    assert last is not None and last.status == "stopped"
+    assert last.unfinished_since == T0 + 2 * DAY
+    _deep_run(engine, "failed", prefix="44", started=5)
+    other = state.last_deep_pass(engine, "buyer1", "44")
+    assert other is not None and other.unfinished_since == T0 + 5 * DAY

@@ -167,13 +167,21 @@ def _jobs(app: AppContext, observe_for: Any = None) -> list[pipeline.Job]:
 
 
 def _report(result: PassResult) -> None:
-    if result.summary is None:
+    if result.summary is None and result.deep_retry is None:
         click.echo(f"{result.api_login}: {result.skipped or result.error}")
-    else:
-        click.echo(
-            f"{result.api_login}: {result.summary.status}: "
-            + summary_line(result.summary.windows, result.summary.counts)
-        )
+    for label, summary in (("", result.summary), ("unfinished deep pass ", result.deep_retry)):
+        if summary is not None:
+            click.echo(
+                f"{result.api_login}: {label}{summary.status}: "
+                + summary_line(summary.windows, summary.counts)
+            )
+
+
+def _first_error(result: PassResult) -> object:
+    for summary in (result.summary, result.deep_retry):
+        if summary is not None and summary.failures:
+            return summary.failures[0][1]
+    return result.error or "stopped"
 
 
 @cli.command()
@@ -187,11 +195,9 @@ def sync(app: AppContext, deep: bool) -> None:
     failed = [r for r in results if not r.ok]
     if failed:
         first = failed[0]
-        error = first.error or (
-            first.summary.failures[0][1] if first.summary and first.summary.failures else "stopped"
-        )
         raise EtlError(
-            f"{len(failed)} account(s) did not complete; first: {first.api_login}: {error}"
+            f"{len(failed)} account(s) did not complete; first: {first.api_login}: "
+            f"{_first_error(first)}"
         )
 
 
@@ -203,8 +209,12 @@ def daemon_passes(
 
     def recorder(kind: str) -> Callable[[PassResult], None]:
         def record(result: PassResult) -> None:
+            if result.deep_retry is not None:  # an incremental pass finished a deep pass
+                metrics.runs.labels(DEEP, result.deep_retry.status).inc()
             if result.summary is not None:
                 metrics.runs.labels(kind, result.summary.status).inc()
+            elif result.deep_retry is not None:
+                pass
             elif isinstance(result.error, StopRequestedError):  # stopped waiting for the lock
                 metrics.runs.labels(kind, "stopped").inc()
             elif result.error is not None:  # no run row (say, the database is down)
@@ -259,7 +269,8 @@ def _statuses(engine: Engine, settings: Settings) -> list[Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(app: AppContext, as_json: bool) -> None:
-    """Per account: watermark, lag, last run, rows in 24 h, failed windows (exit 1 if lagging)."""
+    """Per account: watermark, lag, last run, rows in 24 h, failed windows, last deep pass
+    (exit 1 if lagging or if the last deep pass did not complete)."""
     settings = app.settings
     if not settings.accounts:  # it reads the database only: a login is enough, no key
         raise ConfigError(
@@ -279,4 +290,12 @@ def status(app: AppContext, as_json: bool) -> None:
             f"tcxc-etl: lag past TCXC_LAG_ALERT ({settings.lag_alert}) for: {', '.join(lagging)}",
             err=True,
         )
+    unfinished = [s.api_login for s in statuses if s.deep_pass_incomplete]
+    if unfinished:
+        click.echo(
+            f"tcxc-etl: the last deep pass did not complete for: {', '.join(unfinished)} (the "
+            "next incremental pass finishes it; or run `tcxc-etl sync --deep`)",
+            err=True,
+        )
+    if lagging or unfinished:
         sys.exit(1)
