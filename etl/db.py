@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -222,9 +222,21 @@ def open_database(url: str, embedded_dir: Path | None, embedded_port: int) -> It
     from etl.embedded import default_data_dir, embedded_database
 
     data_dir = embedded_dir or default_data_dir()
-    with embedded_database(data_dir, embedded_port) as embedded_url:
-        log.info("using the embedded PostgreSQL data_dir=%s url=%s", data_dir, embedded_url)
-        engine = make_engine(embedded_url)
+    with embedded_database(data_dir, embedded_port) as server:
+        log.info("using the embedded PostgreSQL data_dir=%s url=%s", data_dir, server.url)
+        engine = make_engine(server.url)
+
+        # A server that died under a long-running command (the daemon) is started again when
+        # a connection is next opened, rather than failing every later pass.
+        @event.listens_for(engine, "do_connect")
+        def revive(*_args: Any) -> None:
+            if server.revive():
+                log.warning(
+                    "the embedded PostgreSQL in %s was not running (killed, or stopped with "
+                    "`db stop --force`): started it again",
+                    data_dir,
+                )
+
         try:
             with database_errors("a database command"):
                 yield engine

@@ -142,6 +142,21 @@ class EmbeddedPostgres:
         with self._locked():
             return self._start_locked()
 
+    def revive(self) -> bool:
+        """Start the server again if it is not running (it died under its users: killed, out of
+        memory, or stopped with `db stop --force`); True if this call started it. Cheap while
+        it runs (one read of postmaster.pid). A data directory that is gone is not made anew:
+        its warehouse would be empty, not migrated, with nothing said."""
+        if self._postmaster() is not None:
+            return False
+        with self._locked():
+            if not (self.data_dir / "PG_VERSION").exists():
+                raise EmbeddedDatabaseError(
+                    f"the embedded PostgreSQL's data directory {self.data_dir} is gone: restart "
+                    "tcxc-etl to make a new one"
+                )
+            return self._start_locked()
+
     def stop(self) -> None:
         """Stop the server (fast shutdown); nothing happens if it is not running."""
         with self._locked():
@@ -375,11 +390,14 @@ class EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def embedded_database(data_dir: Path, port: int, *, fsync: bool = True) -> Iterator[str]:
-    """Yield the URL of the embedded server, started if needed; release it afterwards."""
+def embedded_database(
+    data_dir: Path, port: int, *, fsync: bool = True
+) -> Iterator[EmbeddedPostgres]:
+    """Yield the embedded server, started if needed and counted as used by this process;
+    release it afterwards."""
     server = EmbeddedPostgres(data_dir, port, fsync=fsync)
-    url = server.acquire()
+    server.acquire()
     try:
-        yield url
+        yield server
     finally:
         server.release()

@@ -18,6 +18,7 @@ import pytest
 
 from etl.embedded import EmbeddedPostgres, _tools, default_data_dir, embedded_database
 from etl.errors import EmbeddedDatabaseError
+from etl.simulator import Simulator
 
 with warnings.catch_warnings():  # platformdirs may warn about XDG_RUNTIME_DIR on import
     warnings.simplefilter("ignore")
@@ -90,7 +91,8 @@ def test_release_stops_unused_server(make_server: Factory) -> None:
     assert server.is_running()
     server.release()
     assert not server.is_running()
-    with embedded_database(server.data_dir, server.port, fsync=False) as url:
+    with embedded_database(server.data_dir, server.port, fsync=False) as used:
+        url = used.url
         assert url == server.url and server.is_running()
     assert not server.is_running()
 
@@ -357,3 +359,55 @@ def test_a_socket_lock_left_by_a_zombie_postmaster_does_not_block_a_start(
         lock.write_text(f"{child.pid}\n{server.data_dir}\n")
         assert server.start() is True
         child.wait()
+
+
+def test_the_daemon_restarts_an_embedded_server_that_died(tmp_path: Path, sim: Simulator) -> None:
+    """The daemon started the embedded PostgreSQL; killed under it (the OOM killer, kill -9),
+    the server stayed down and every later pass failed until someone ran `db start`. The
+    next connection now starts it again, and the passes go on."""
+    import signal
+
+    from tests.conftest import sim_env, start_cli
+
+    data_dir = tmp_path / "pg"
+    env = {
+        "TCXC_EMBEDDED_DIR": str(data_dir),
+        "TCXC_EMBEDDED_PORT": str(free_port()),
+        "TCXC_SYNC_INTERVAL": "1s",
+        "TCXC_START_DATE": "2026-09-21",
+        "TCXC_WINDOW": "7d",
+    }
+    server = EmbeddedPostgres(data_dir, int(env["TCXC_EMBEDDED_PORT"]))
+
+    def passes() -> int:
+        with psycopg.connect(server.url, connect_timeout=3) as conn:
+            row = conn.execute("SELECT count(*) FROM etl_run WHERE status = 'succeeded'")
+            return int(row.fetchone()[0])  # type: ignore[index]
+
+    def wait_for_passes(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if passes() >= count:
+                    return
+            except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
+                pass  # down, or not migrated yet
+            time.sleep(0.2)
+        raise AssertionError(f"no {count} succeeded passes within 60 s")
+
+    proc = start_cli("daemon", env={**sim_env(sim, ""), **env})
+    try:
+        wait_for_passes(1)
+        before = passes()
+        postmaster = server._postmaster()
+        assert postmaster is not None
+        os.kill(postmaster[0], signal.SIGKILL)
+        while server.is_running():
+            time.sleep(0.05)
+        wait_for_passes(before + 2)  # (the test's own connections start nothing)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        server.stop()
+    assert proc.returncode == 0, err
+    assert "not running" in err, err
