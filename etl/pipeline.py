@@ -269,6 +269,7 @@ def _account(
         counts = future.result()
     except StopRequestedError as stop:
         log.warning("window abandoned account=%s window=%s: %s", job.api_login, window, stop)
+        record_failure(engine, job, window, summary.run_id, stop, "stopped")
         summary.stopped = True
         return False
     except EtlError as error:

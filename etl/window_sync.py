@@ -252,7 +252,11 @@ def sync_window(
     return counts
 
 
-def record_failure(engine: Engine, job: Job, window: Window, run_id: int, error: EtlError) -> None:
+def record_failure(
+    engine: Engine, job: Job, window: Window, run_id: int, error: EtlError, status: str = "failed"
+) -> None:
+    """The ledger row of a window that did not commit: ``failed``, or ``stopped`` (abandoned
+    by a stop request), with the requests it made (the hourly budget counts them)."""
     requests = job.requests.take(window)
     try:
         with engine.begin() as sa_conn:
@@ -264,7 +268,7 @@ def record_failure(engine: Engine, job: Job, window: Window, run_id: int, error:
                 job.api_login,
                 job.prefix,
                 window,
-                "failed",
+                status,
                 Counts(),
                 0.0,
                 str(error),
@@ -272,5 +276,5 @@ def record_failure(engine: Engine, job: Job, window: Window, run_id: int, error:
             )
     except Exception:  # the database may be the thing that failed; the error is raised anyway
         log.warning(
-            "could not record the failed window account=%s window=%s", job.api_login, window
+            "could not record the %s window account=%s window=%s", status, job.api_login, window
         )

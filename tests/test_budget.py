@@ -119,3 +119,28 @@ def test_failed_requests_count_against_the_hour_across_runs(sim: Simulator, engi
     assert sim.requests_served == first_pass
     ledger = table_rows(engine, "SELECT status, requests FROM sync_window")
     assert ledger == [("failed", first_pass)]
+
+
+def test_requests_of_windows_abandoned_by_a_stop_count_against_the_hour(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A window abandoned by a stop (SIGTERM of a deploy, Ctrl-C) wrote no ledger row, so the
+    requests it made were not counted by the next process's budget. It now leaves a row with
+    status `stopped` (no rows: they rolled back) and its requests."""
+    from etl import pipeline
+
+    settings = make_settings(sim, page_size=100)
+    job = make_job(settings)
+
+    def stop_at_first_answer(event: str, _kind: str) -> None:
+        if event == "api_request":
+            job.stop.set()
+
+    job = replace(job, observe=stop_at_first_answer)
+    start, end = datetime(2026, 9, 21, tzinfo=UTC), datetime(2026, 9, 23, tzinfo=UTC)
+    summary = pipeline.backfill(engine, job, start, end)
+    assert summary.stopped and summary.windows == 0
+    ledger = table_rows(engine, "SELECT status, requests, inserted FROM sync_window")
+    assert [(status, inserted) for status, _n, inserted in ledger] == [("stopped", 0)]
+    assert sim.requests_served > 0
+    assert state.requests_last_hour(engine, "buyer1") == sim.requests_served
