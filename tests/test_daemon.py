@@ -399,3 +399,24 @@ def test_status_and_health_show_a_deep_pass_that_did_not_complete(
         server.shutdown()
         server.server_close()
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_the_daemon_counts_the_deep_pass_an_incremental_pass_finishes(
+    sim: Simulator, engine: Engine
+) -> None:
+    """The deep pass's failure and the incremental pass's finishing of it both show in
+    tcxc_runs_total under kind deep-sync (a dashboard sees the night's pass converge)."""
+    settings = make_settings(
+        sim, start_date=datetime(2026, 9, 21), window=timedelta(days=5),
+        deep_lookback=timedelta(days=400),
+    )  # fmt: skip
+    metrics = Metrics()
+    incremental, deep = daemon_passes(engine, [make_job(settings)], metrics)
+    incremental()
+    sim.inject(Fault("error_envelope"))
+    deep()
+    incremental()
+    text = generate_latest(metrics.registry).decode()
+    assert f'tcxc_runs_total{{kind="{DEEP}",status="failed"}} 1.0' in text, text
+    assert f'tcxc_runs_total{{kind="{DEEP}",status="succeeded"}} 1.0' in text, text
+    assert f'tcxc_runs_total{{kind="{INCREMENTAL}",status="succeeded"}} 2.0' in text, text
