@@ -180,16 +180,27 @@ def table_rows(engine: Engine, query: str = "SELECT * FROM cdr ORDER BY i_cdr") 
 
 
 def write_counters(engine: Engine, table: str = "cdr") -> tuple[int, int, int]:
-    """(inserts, updates, deletes) of a table, as the statistics collector counts them."""
+    """(inserts, updates, deletes) of a table, as the statistics collector counts them.
+
+    A backend flushes its counts when it exits, after the client closed the connection
+    (``engine.dispose()``) and after it left ``pg_stat_activity``: read once no other backend
+    is connected to the database and two reads 0.2 s apart agree (PostgreSQL 15 was seen
+    reading 1,400 of 2,000 inserts)."""
+    counts = text(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_del, (SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid())"
+        " FROM pg_stat_user_tables WHERE relname = :t"
+    )
+    seen: tuple[int, ...] = ()
+    deadline = time.monotonic() + 10
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
-        row = conn.execute(
-            text(
-                "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = :t"
-            ),
-            {"t": table},
-        ).one()
-    return int(row[0]), int(row[1]), int(row[2])
+        while True:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            row = tuple(int(value) for value in conn.execute(counts, {"t": table}).one())
+            if (row == seen and not row[3]) or time.monotonic() > deadline:
+                return row[0], row[1], row[2]
+            seen = row
+            time.sleep(0.2)
 
 
 ROOT = Path(__file__).resolve().parent.parent
