@@ -126,7 +126,9 @@ def run_pass(
     An incremental pass skips an account whose lock another run holds (the next one comes
     within TCXC_SYNC_INTERVAL). A deep pass, which comes once a day, waits for the lock (a
     stop request ends the wait), then skips only if a deep pass of the account and prefix
-    finished meanwhile (another daemon's, due at the same time)."""
+    finished meanwhile (another daemon's, due at the same time). An incremental pass that
+    succeeds then finishes the account's last deep pass if it did not complete
+    (``PassResult.deep_retry``)."""
     where = f"{kind} pass of account {job.api_login}"
     deep = kind == DEEP
     with database_errors(where):
