@@ -75,11 +75,21 @@ class Metrics:
         return observe
 
     def update_accounts(self, statuses: list[AccountStatus]) -> None:
+        """The gauges, per login: a login synced under several prefixes shows its largest lag
+        (and its latest success), not whichever prefix came last."""
+        lags: dict[str, float] = {}
+        successes: dict[str, float] = {}
         for status in statuses:
+            login = status.api_login
             if status.lag_seconds is not None:
-                self.lag.labels(status.api_login).set(status.lag_seconds)
+                lags[login] = max(lags.get(login, status.lag_seconds), status.lag_seconds)
             if status.last_success_at is not None:
-                self.last_success.labels(status.api_login).set(status.last_success_at.timestamp())
+                moment = status.last_success_at.timestamp()
+                successes[login] = max(successes.get(login, moment), moment)
+        for login, lag in lags.items():
+            self.lag.labels(login).set(lag)
+        for login, moment in successes.items():
+            self.last_success.labels(login).set(moment)
 
 
 def serve(
@@ -112,8 +122,8 @@ def serve(
             if self.path.startswith("/metrics"):
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             else:
-                lagging = [s.api_login for s in statuses if s.lagging]
-                unfinished = [s.api_login for s in statuses if s.deep_pass_incomplete]
+                lagging = [s.name for s in statuses if s.lagging]
+                unfinished = [s.name for s in statuses if s.deep_pass_incomplete]
                 healthy = not lagging and not unfinished
                 body = {
                     "healthy": healthy,

@@ -95,14 +95,18 @@ def plan_deep(watermark: datetime | None, now: datetime, settings: Settings) -> 
     return list(plan_windows(start, watermark, settings.window))
 
 
-def _finish_deep_pass(engine: Engine, job: Job) -> RunSummary | None:
+def _finish_deep_pass(engine: Engine, job: Job, moment: datetime) -> RunSummary | None:
     """Finish the account's last deep pass if it did not complete (under the account's lock):
     a deep run of the windows it planned, skipping those committed by any run since the
-    first unfinished deep pass began (a retry that fails again is retried the same way)."""
+    first unfinished deep pass began (a retry that fails again is retried the same way), and
+    those now wholly before the deep lookback or TCXC_START_DATE (no pass reaches back
+    there; none left: the pass is recorded as finished)."""
     last = state.last_deep_pass(engine, job.api_login, job.prefix)
     if last is None or not last.incomplete or not last.range_start or not last.range_end:
         return None
-    windows = list(plan_windows(last.range_start, last.range_end, job.settings.window))
+    horizon = _not_before_start(moment - job.settings.deep_lookback, job.settings)
+    planned = plan_windows(last.range_start, last.range_end, job.settings.window)
+    windows = [window for window in planned if window.end > horizon]
     done = state.committed_since(
         engine, job.api_login, job.prefix, last.unfinished_since, last.range_start, last.range_end
     )
@@ -112,7 +116,18 @@ def _finish_deep_pass(engine: Engine, job: Job) -> RunSummary | None:
         last.run_id,
         last.status,
     )
-    return run_logged(engine, job, DEEP, windows, done=done)
+    return run_logged(engine, job, DEEP, windows, done=done, finishes_run=last.run_id)
+
+
+def _record_unstarted_deep_pass(
+    engine: Engine, job: Job, moment: datetime, error: EtlError
+) -> None:
+    watermark = state.read_watermark(engine, job.api_login, job.prefix)
+    windows = plan_deep(watermark, moment, job.settings)
+    if windows:
+        state.record_unstarted_run(
+            engine, DEEP, job.api_login, job.prefix, windows, "stopped", str(error)
+        )
 
 
 def run_pass(
@@ -125,8 +140,9 @@ def run_pass(
 
     An incremental pass skips an account whose lock another run holds (the next one comes
     within TCXC_SYNC_INTERVAL). A deep pass, which comes once a day, waits for the lock (a
-    stop request ends the wait), then skips only if a deep pass of the account and prefix
-    finished meanwhile (another daemon's, due at the same time). An incremental pass that
+    stop request ends the wait: a stopped run row is written), then skips only if a whole deep
+    pass of the account and prefix ended meanwhile (another daemon's, due at the same time;
+    if it did not complete, the next incremental pass finishes it). An incremental pass that
     succeeds then finishes the account's last deep pass if it did not complete
     (``PassResult.deep_retry``)."""
     where = f"{kind} pass of account {job.api_login}"
@@ -140,12 +156,12 @@ def run_pass(
         if not locked:
             if job.stop.is_set():  # not done: the pass did not complete
                 stopped = StopRequestedError("stopped while waiting for the account's lock")
+                if deep:  # a run row, so that status shows it and a later pass finishes it
+                    _record_unstarted_deep_pass(engine, job, now or datetime.now(UTC), stopped)
                 return PassResult(job.api_login, None, error=stopped)
             log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
             return PassResult(job.api_login, None, "locked by another run")
-        if due is not None and state.deep_pass_finished_since(
-            engine, job.api_login, job.prefix, due
-        ):
+        if due is not None and state.deep_pass_ended_since(engine, job.api_login, job.prefix, due):
             log.info("skipping account=%s pass=%s: done by another run since", job.api_login, kind)
             return PassResult(job.api_login, None, "done by another run since it was due")
         moment = now or datetime.now(UTC)
@@ -165,7 +181,7 @@ def run_pass(
         # (not after a failure, a stop or a spent budget: it would fail or pause the same way)
         succeeded = summary is None or summary.status == "succeeded"
         if kind == INCREMENTAL and succeeded and not job.stop.is_set():
-            retry = _finish_deep_pass(engine, job)
+            retry = _finish_deep_pass(engine, job, moment)
     if summary is None and retry is None:
         return PassResult(job.api_login, None, "nothing due")
     return PassResult(job.api_login, summary, deep_retry=retry)

@@ -309,6 +309,7 @@ def run_logged(
     done: set[tuple[datetime, datetime]] | None = None,
     on_window: OnWindow | None = None,
     abandon_stale: bool = False,
+    finishes_run: int | None = None,
 ) -> RunSummary:
     """Open a run row, sync the windows not in ``done``, close the run row.
 
@@ -320,7 +321,14 @@ def run_logged(
     if abandon_stale:
         state.abandon_stale_runs(engine, job.api_login)
     run_id = state.start_run(
-        engine, command, job.api_login, start, end, state.row_settings(job.settings), job.prefix
+        engine,
+        command,
+        job.api_login,
+        start,
+        end,
+        state.row_settings(job.settings),
+        job.prefix,
+        finishes_run,
     )
     summary = RunSummary(run_id=run_id, planned=len(windows))
     committed = Coverage(done or ())

@@ -151,6 +151,9 @@ etl_run = Table(
     Column("row_settings", Text),
     # The destination prefix it synced (migration 0009; NULL for runs of no single prefix).
     Column("prefix", Text),
+    # A deep-sync run that finishes an earlier deep pass which did not complete: that pass's id
+    # (migration 0009; etl.passes). NULL for every other run.
+    Column("finishes_run", BigInteger),
     Index("ix_etl_run_api_login_command", "api_login", "command", "id"),
 )
 

@@ -53,9 +53,11 @@ def start_run(
     end: datetime | None,
     settings: str | None = None,
     prefix: str | None = None,
+    finishes_run: int | None = None,
 ) -> int:
     """Insert a run row with status 'running' and return its id (committed at once);
-    ``settings``: its ``row_settings``; ``prefix``: the destination prefix it syncs."""
+    ``settings``: its ``row_settings``; ``prefix``: the destination prefix it syncs;
+    ``finishes_run``: the unfinished deep pass a deep-sync run finishes."""
     with engine.begin() as conn:
         run_id = conn.execute(
             insert(etl_run)
@@ -66,6 +68,7 @@ def start_run(
                 range_end=end,
                 row_settings=settings,
                 prefix=prefix,
+                finishes_run=finishes_run,
             )
             .returning(etl_run.c.id)
         ).scalar_one()
@@ -239,11 +242,11 @@ def database_now(engine: Engine) -> datetime:
     return moment
 
 
-_DEEP_FINISHED_SINCE = text("""
+_DEEP_ENDED_SINCE = text("""
 SELECT EXISTS (
     SELECT FROM etl_run r
-    WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.status = 'succeeded'
-      AND r.finished_at > :since AND r.prefix = :prefix
+    WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.prefix = :prefix
+      AND r.finishes_run IS NULL AND r.status <> 'running' AND r.finished_at > :since
 )""")
 # A deep pass that ended without converging its period: failed windows, a spent request
 # budget, a stop, or a process that died (marked 'abandoned' by the account's next run).
@@ -300,11 +303,28 @@ def committed_since(
         return {(row[0], row[1]) for row in conn.execute(_COMMITTED_SINCE, params)}
 
 
-def deep_pass_finished_since(engine: Engine, api_login: str, prefix: str, since: datetime) -> bool:
-    """Whether a deep pass of the account and prefix succeeded after ``since``."""
+def deep_pass_ended_since(engine: Engine, api_login: str, prefix: str, since: datetime) -> bool:
+    """Whether a whole deep pass of the account and prefix (not the finishing of an older one)
+    ended after ``since``, whatever its outcome: one that did not complete is finished by the
+    account's next incremental pass, so a second whole pass would read the period twice."""
     params = {"login": api_login, "prefix": prefix, "since": since}
     with engine.connect() as conn:
-        return bool(conn.execute(_DEEP_FINISHED_SINCE, params).scalar_one())
+        return bool(conn.execute(_DEEP_ENDED_SINCE, params).scalar_one())
+
+
+def record_unstarted_run(
+    engine: Engine,
+    command: str,
+    api_login: str,
+    prefix: str,
+    windows: list[Window],
+    status: str,
+    error: str,
+) -> None:
+    """A run row for a pass that ended before its first window (stopped while it waited for
+    the account's lock), so that it shows as not completed."""
+    run_id = start_run(engine, command, api_login, windows[0].start, windows[-1].end, None, prefix)
+    finish_run(engine, run_id, status, 0, Counts(), error)
 
 
 _RECENT_DENSITY = text("""

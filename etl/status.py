@@ -12,16 +12,21 @@ from etl import state
 from etl.config import Account
 from etl.windows import Coverage, Window
 
+# Runs and windows are the account's and prefix's (runs of no single prefix, from before
+# migration 0009, count for each); rejects and conflicts are the login's.
 _ACCOUNT = text(
     """
+    WITH runs AS (
+      SELECT * FROM etl_run WHERE api_login = :login AND (prefix = :prefix OR prefix IS NULL)
+    )
     SELECT
       (SELECT watermark FROM sync_state WHERE api_login = :login AND prefix = :prefix),
-      (SELECT status FROM etl_run WHERE api_login = :login ORDER BY id DESC LIMIT 1),
-      (SELECT coalesce(finished_at, started_at) FROM etl_run WHERE api_login = :login
-        ORDER BY id DESC LIMIT 1),
-      (SELECT max(finished_at) FROM etl_run WHERE api_login = :login AND status = 'succeeded'),
+      (SELECT status FROM runs ORDER BY id DESC LIMIT 1),
+      (SELECT coalesce(finished_at, started_at) FROM runs ORDER BY id DESC LIMIT 1),
+      (SELECT max(finished_at) FROM runs WHERE status = 'succeeded'),
       (SELECT coalesce(sum(inserted), 0) FROM sync_window
-        WHERE api_login = :login AND status = 'done' AND finished_at > :since),
+        WHERE api_login = :login AND prefix = :prefix AND status = 'done'
+          AND finished_at > :since),
       (SELECT count(*) FROM cdr_reject WHERE api_login = :login AND loaded_at > :since),
       (SELECT count(*) FROM cdr_conflict WHERE api_login = :login AND loaded_at > :since)
     """
@@ -68,6 +73,11 @@ class AccountStatus:
     deep_pass_status: str | None = None
     deep_pass_at: datetime | None = None
     deep_pass_incomplete: bool = False
+
+    @property
+    def name(self) -> str:
+        """The login, with its prefix when it has one: ``login (prefix)``."""
+        return f"{self.api_login} ({self.prefix})" if self.prefix else self.api_login
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,7 +154,7 @@ def format_status(statuses: list[AccountStatus]) -> str:
             if on
         ]
         mark = "".join("  " + m for m in marks)
-        name = f"{s.api_login} ({s.prefix})" if s.prefix else s.api_login
+        name = s.name
         lines.append(
             f"{name:<20} {s.watermark or '-'!s:<26} {lag:>10} "
             f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"

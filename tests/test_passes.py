@@ -368,3 +368,88 @@ def test_an_unfinished_deep_pass_whose_windows_were_all_synced_since_is_settled_
     )
     assert sim.stats()["requests"] - before == made[0], "the deep retry made no request"
     assert not state.last_deep_pass(engine, "buyer1", "").incomplete
+
+
+def test_a_deep_pass_stopped_while_it_waits_for_the_lock_is_finished_later(
+    sim: Simulator, engine: Engine
+) -> None:
+    """A daemon stopped while its deep pass waited for the account's lock left no run row:
+    status showed the previous deep pass (succeeded) and nothing ran that night's. A stopped
+    run row now shows it, and the next incremental pass syncs its windows."""
+    settings = _settings(sim, deep_lookback=timedelta(days=3))
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    assert run_pass(engine, job, DEEP, NOW + timedelta(minutes=5)).ok
+    stopping = replace(job, stop=threading.Event())
+    with account_lock(engine, "buyer1", wait=False):
+        thread, results = _deep_pass_in_a_thread(engine, stopping)
+        thread.join(timeout=2)
+        stopping.stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive() and results[0].summary is None
+    last = state.last_deep_pass(engine, "buyer1", "")
+    assert last is not None and last.status == "stopped" and last.incomplete
+    late = _late(sim, NOW - timedelta(days=2), "990000000004")  # beyond the lookback
+    finished = run_pass(engine, job, INCREMENTAL, NOW + timedelta(minutes=20))
+    assert finished.deep_retry is not None and finished.deep_retry.ok
+    assert int(late["i_cdr"]) in _ids(engine)
+    assert not state.last_deep_pass(engine, "buyer1", "").incomplete  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("finishes_run", "status", "skips"),
+    [(None, "failed", True), (None, "succeeded", True), (1, "succeeded", False)],
+)
+def test_a_deep_pass_due_skips_only_for_a_whole_deep_pass_that_ended_meanwhile(
+    sim: Simulator, engine: Engine, finishes_run: int | None, status: str, skips: bool
+) -> None:
+    """Another daemon's deep pass, due at the same minute, ended while this one waited: even
+    if it failed, the next incremental pass finishes it, so a second whole pass would read the
+    period again. But an incremental pass finishing an older deep pass (finishes_run) re-read
+    only that pass's leftovers: the deep pass due now must still run (it was skipped, and
+    status said succeeded)."""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    with account_lock(engine, "buyer1", wait=False):
+        thread, results = _deep_pass_in_a_thread(engine, job)
+        thread.join(timeout=2)
+        other = state.start_run(
+            engine, DEEP, "buyer1", START, NOW, prefix="", finishes_run=finishes_run
+        )
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE etl_run SET status = :s, finished_at = now() WHERE id = :r"),
+                {"s": status, "r": other},
+            )
+    thread.join(timeout=60)
+    (deep,) = results
+    if skips:
+        assert deep.summary is None and deep.skipped == "done by another run since it was due"
+    else:
+        assert deep.ok and deep.summary is not None and deep.summary.windows > 0
+
+
+def test_finishing_a_deep_pass_reaches_back_no_further_than_a_deep_pass_would(
+    sim: Simulator, engine: Engine
+) -> None:
+    """The windows of an unfinished deep pass that are now wholly before TCXC_START_DATE (or
+    the deep lookback) are not re-synced: no pass reaches back there. With none left the
+    deep pass is recorded as finished."""
+    settings = _settings(sim, deep_lookback=timedelta(days=7))
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    sim.inject(Fault("error_envelope"))
+    deep = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
+    assert deep.summary is not None and len(deep.summary.failures) == 1
+    failed = deep.summary.failures[0][0]
+    later = replace(settings, start_date=failed.end.replace(tzinfo=None))
+    before = sim.stats()["requests"]
+    finished = run_pass(engine, make_job(later), INCREMENTAL, NOW + timedelta(minutes=25))
+    assert finished.deep_retry is not None and finished.deep_retry.status == "succeeded"
+    assert finished.deep_retry.windows == 0
+    assert finished.summary is not None
+    windows = "SELECT window_start FROM sync_window WHERE run_id = {}"
+    assert table_rows(engine, windows.format(finished.deep_retry.run_id)) == []
+    incremental = f"SELECT sum(requests) FROM sync_window WHERE run_id = {finished.summary.run_id}"
+    assert sim.stats()["requests"] - before == table_rows(engine, incremental)[0][0]
+    assert not state.last_deep_pass(engine, "buyer1", "").incomplete  # type: ignore[union-attr]

@@ -134,3 +134,53 @@ def test_a_retry_that_fails_again_still_counts_from_the_first_unfinished_pass(
     _deep_run(engine, "failed", prefix="44", started=5)
     other = state.last_deep_pass(engine, "buyer1", "44")
     assert other is not None and other.unfinished_since == T0 + 5 * DAY
+
+
+def test_two_prefixes_of_one_login_each_show_their_own_runs_and_rows(engine: Engine) -> None:
+    """[[accounts]] entries of one login with two prefixes: each line shows its own last run
+    and rows (one showed `last run succeeded` beside its own failed deep pass), and is named
+    with its prefix wherever accounts are listed (status's error lines, /healthz)."""
+    for prefix, status, inserted in (("44", "failed", 7), ("91", "succeeded", 5)):
+        run_id = state.start_run(engine, "sync", "buyer1", T0, T0 + DAY, prefix=prefix)
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE etl_run SET status = :s, finished_at = now() WHERE id = :r"),
+                {"s": status, "r": run_id},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO sync_window (run_id, api_login, prefix, window_start,"
+                    " window_end, status, inserted) VALUES (:r, 'buyer1', :p, :a, :b, 'done', :n)"
+                ),
+                {"r": run_id, "p": prefix, "a": T0, "b": T0 + DAY, "n": inserted},
+            )
+    now = datetime.now(UTC)
+    lines = {
+        prefix: account_status(engine, Account("buyer1", Secret("k"), prefix), now, DAY)
+        for prefix in ("44", "91")
+    }
+    assert (lines["44"].last_run_status, lines["44"].rows_loaded_24h) == ("failed", 7)
+    assert (lines["91"].last_run_status, lines["91"].rows_loaded_24h) == ("succeeded", 5)
+    assert lines["44"].name == "buyer1 (44)"
+
+
+def test_the_lag_gauge_of_a_login_with_two_prefixes_is_its_largest(engine: Engine) -> None:
+    """tcxc_lag_seconds is labelled by login: with two prefixes it showed whichever came last;
+    it shows the larger lag (an alert on it must not miss the lagging prefix)."""
+    from prometheus_client import generate_latest
+
+    from etl.metrics import Metrics
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        for prefix, hours in (("44", 5), ("91", 1)):
+            conn.execute(
+                text("INSERT INTO sync_state (api_login, prefix, watermark) VALUES ('b', :p, :w)"),
+                {"p": prefix, "w": now - timedelta(hours=hours)},
+            )
+    metrics = Metrics()
+    metrics.update_accounts(
+        [account_status(engine, Account("b", Secret("k"), p), now, DAY) for p in ("44", "91")]
+    )
+    text_ = generate_latest(metrics.registry).decode()
+    assert 'tcxc_lag_seconds{account="b"} 18000.0' in text_, text_

@@ -284,13 +284,13 @@ def status(app: AppContext, as_json: bool) -> None:
         )
     else:
         click.echo(format_status(statuses))
-    lagging = [s.api_login for s in statuses if s.lagging]
+    lagging = [s.name for s in statuses if s.lagging]
     if lagging:
         click.echo(
             f"tcxc-etl: lag past TCXC_LAG_ALERT ({settings.lag_alert}) for: {', '.join(lagging)}",
             err=True,
         )
-    unfinished = [s.api_login for s in statuses if s.deep_pass_incomplete]
+    unfinished = [s.name for s in statuses if s.deep_pass_incomplete]
     if unfinished:
         click.echo(
             f"tcxc-etl: the last deep pass did not complete for: {', '.join(unfinished)} (the "

@@ -1,4 +1,4 @@
-"""etl_run.prefix: the destination prefix a run synced, and an index for an account's runs
+"""etl_run.prefix and finishes_run: which prefix a run synced, which deep pass it finished
 
 Revision ID: 0009
 Revises: 0008
@@ -8,7 +8,10 @@ Create Date: 2026-12-01 04:00:00.000000
 and an incremental pass finishes one that did not. A run's prefix was known only through its
 ledger rows, so a deep pass stopped or failed before its first window had none. Runs now
 record it; older runs take the one prefix of their ledger rows (NULL if they have none or
-several). The index serves "the last run of this account and command".
+several). ``finishes_run`` marks such a finishing run with the id of the deep pass it
+finishes: a deep pass due at the same time as another process's skips only for a whole deep
+pass, not for the finishing of an older one. The index serves "the last run of this account
+and command".
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("etl_run", sa.Column("prefix", sa.Text(), nullable=True))
+    op.add_column("etl_run", sa.Column("finishes_run", sa.BigInteger(), nullable=True))
     op.execute(
         """
         UPDATE etl_run r SET prefix = w.prefix
@@ -39,4 +43,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_etl_run_api_login_command", table_name="etl_run")
+    op.drop_column("etl_run", "finishes_run")
     op.drop_column("etl_run", "prefix")
