@@ -97,12 +97,14 @@ def plan_deep(watermark: datetime | None, now: datetime, settings: Settings) -> 
 
 def _finish_deep_pass(engine: Engine, job: Job, moment: datetime) -> RunSummary | None:
     """Finish the account's last deep pass if it did not complete (under the account's lock):
-    a deep run of the windows it planned, skipping those committed by any run since the
-    first unfinished deep pass began (a retry that fails again is retried the same way), and
-    those now wholly before the deep lookback or TCXC_START_DATE (no pass reaches back
-    there; none left: the pass is recorded as finished)."""
+    a deep run of the windows the last whole deep pass planned, skipping those committed by
+    any run since that pass began (a finishing run that fails again is followed by another
+    the same way), and those now wholly before the deep lookback or TCXC_START_DATE (no pass
+    reaches back there; none left: the pass is recorded as finished)."""
     last = state.last_deep_pass(engine, job.api_login, job.prefix)
-    if last is None or not last.incomplete or not last.range_start or not last.range_end:
+    if last is None or not last.incomplete:
+        return None
+    if not last.range_start or not last.range_end or not last.unfinished_since:
         return None
     horizon = _not_before_start(moment - job.settings.deep_lookback, job.settings)
     planned = plan_windows(last.range_start, last.range_end, job.settings.window)
@@ -116,12 +118,17 @@ def _finish_deep_pass(engine: Engine, job: Job, moment: datetime) -> RunSummary 
         last.run_id,
         last.status,
     )
-    return run_logged(engine, job, DEEP, windows, done=done, finishes_run=last.run_id)
+    return run_logged(engine, job, DEEP, windows, done=done, finishes_run=last.whole_run_id)
 
 
 def _record_unstarted_deep_pass(
-    engine: Engine, job: Job, moment: datetime, error: EtlError
+    engine: Engine, job: Job, due: datetime, moment: datetime, error: EtlError
 ) -> None:
+    """A deep pass stopped while it waited for the lock is recorded as stopped, unless a
+    whole deep pass (another process's, due at the same time) runs or ended since it was
+    due: that one covers it."""
+    if state.deep_pass_running_or_ended_since(engine, job.api_login, job.prefix, due):
+        return
     watermark = state.read_watermark(engine, job.api_login, job.prefix)
     windows = plan_deep(watermark, moment, job.settings)
     if windows:
@@ -156,8 +163,9 @@ def run_pass(
         if not locked:
             if job.stop.is_set():  # not done: the pass did not complete
                 stopped = StopRequestedError("stopped while waiting for the account's lock")
-                if deep:  # a run row, so that status shows it and a later pass finishes it
-                    _record_unstarted_deep_pass(engine, job, now or datetime.now(UTC), stopped)
+                if due is not None:  # a run row: status shows it, a later pass finishes it
+                    moment = now or datetime.now(UTC)
+                    _record_unstarted_deep_pass(engine, job, due, moment, stopped)
                 return PassResult(job.api_login, None, error=stopped)
             log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
             return PassResult(job.api_login, None, "locked by another run")

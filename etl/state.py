@@ -251,16 +251,30 @@ SELECT EXISTS (
 # A deep pass that ended without converging its period: failed windows, a spent request
 # budget, a stop, or a process that died (marked 'abandoned' by the account's next run).
 DEEP_INCOMPLETE = ("failed", "paused", "stopped", "abandoned")
+# The last deep-sync run decides whether the deep pass completed; the last whole one (not
+# the finishing of another) is what a finishing run re-plans, and windows committed since it
+# began need no re-sync. (Those committed before it, by an older unfinished pass, were read
+# before the late CDRs and re-rates it is there to find.)
 _LAST_DEEP = text("""
 WITH deep AS (
     SELECT * FROM etl_run
     WHERE command = 'deep-sync' AND api_login = :login AND prefix = :prefix
+), whole AS (
+    SELECT id, range_start, range_end, started_at FROM deep
+    WHERE finishes_run IS NULL ORDER BY id DESC LIMIT 1
 )
-SELECT id, status, coalesce(finished_at, started_at), range_start, range_end,
-       (SELECT min(started_at) FROM deep u WHERE u.id > coalesce(
-            (SELECT max(id) FROM deep s WHERE s.status = 'succeeded'), 0))
-FROM deep ORDER BY id DESC LIMIT 1
+SELECT d.id, d.status, coalesce(d.finished_at, d.started_at),
+       w.id, w.range_start, w.range_end, w.started_at
+FROM deep d LEFT JOIN whole w ON true ORDER BY d.id DESC LIMIT 1
 """)
+# Whether a whole deep pass runs now or ended since: a pass that waited for the lock and was
+# stopped is then not recorded as a deep pass of its own (that one covers it).
+_DEEP_RUNNING_OR_ENDED_SINCE = text("""
+SELECT EXISTS (
+    SELECT FROM etl_run r
+    WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.prefix = :prefix
+      AND r.finishes_run IS NULL AND (r.status = 'running' OR r.finished_at > :since)
+)""")
 _COMMITTED_SINCE = text("""
 SELECT window_start, window_end FROM sync_window
 WHERE api_login = :login AND prefix = :prefix AND status = 'done' AND finished_at >= :since
@@ -272,14 +286,16 @@ WHERE api_login = :login AND prefix = :prefix AND status = 'done' AND finished_a
 class DeepPass:
     """The last deep pass of an account and prefix."""
 
-    run_id: int
+    run_id: int  # the last deep-sync run: a whole pass, or the finishing of one
     status: str
     at: datetime  # when it ended (when it started, while running)
-    range_start: datetime | None  # the bounds of its planned windows
+    # The last whole deep pass (the one to finish if the last run did not complete): its id,
+    # the bounds of its planned windows, and when it began (windows committed since then
+    # need no re-sync).
+    whole_run_id: int | None
+    range_start: datetime | None
     range_end: datetime | None
-    # When the first of the deep passes since the last one that succeeded began (a pass and
-    # the retries finishing it): windows committed since then need no re-sync.
-    unfinished_since: datetime
+    unfinished_since: datetime | None
 
     @property
     def incomplete(self) -> bool:
@@ -291,6 +307,16 @@ def last_deep_pass(engine: Engine, api_login: str, prefix: str) -> DeepPass | No
     with engine.connect() as conn:
         row = conn.execute(_LAST_DEEP, {"login": api_login, "prefix": prefix}).first()
     return DeepPass(*row) if row else None
+
+
+def deep_pass_running_or_ended_since(
+    engine: Engine, api_login: str, prefix: str, since: datetime
+) -> bool:
+    """Whether a whole deep pass of the account and prefix runs now or ended after
+    ``since``."""
+    params = {"login": api_login, "prefix": prefix, "since": since}
+    with engine.connect() as conn:
+        return bool(conn.execute(_DEEP_RUNNING_OR_ENDED_SINCE, params).scalar_one())
 
 
 def committed_since(

@@ -453,3 +453,58 @@ def test_finishing_a_deep_pass_reaches_back_no_further_than_a_deep_pass_would(
     incremental = f"SELECT sum(requests) FROM sync_window WHERE run_id = {finished.summary.run_id}"
     assert sim.stats()["requests"] - before == table_rows(engine, incremental)[0][0]
     assert not state.last_deep_pass(engine, "buyer1", "").incomplete  # type: ignore[union-attr]
+
+
+def test_finishing_a_newer_deep_pass_rereads_what_an_older_unfinished_one_committed(
+    sim: Simulator, engine: Engine
+) -> None:
+    """Deep pass A fails one window and commits the others; a late CDR and a re-rate then
+    land in a window A committed; the next night's deep pass B is stopped before its first
+    window. Finishing B skipped every window committed since A began, so neither was ever
+    read (status green). It now skips only what was committed since B began."""
+    settings = _settings(sim, deep_lookback=timedelta(days=7))
+    job = make_job(settings)
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    sim.inject(Fault("error_envelope"))
+    first = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
+    assert first.summary is not None and len(first.summary.failures) == 1
+    late = _late(sim, NOW - timedelta(days=2), "990000000005")  # in a window A committed
+    rerated = sim.records("buyer1")[-150]
+    sim.rerate("buyer1", rerated["i_cdr"], "6.666666")
+    stopping = replace(job, stop=threading.Event())
+    stopping.stop.set()  # B: stopped before its first window (a SIGTERM, say)
+    second = run_pass(engine, stopping, DEEP, NOW + timedelta(minutes=25))
+    assert second.summary is not None and second.summary.stopped
+    finished = run_pass(engine, job, INCREMENTAL, NOW + timedelta(minutes=30))
+    assert finished.deep_retry is not None and finished.deep_retry.ok
+    assert int(late["i_cdr"]) in _ids(engine)
+    amount = f"SELECT customer_amount::text FROM cdr WHERE i_cdr = {rerated['i_cdr']}"
+    assert table_rows(engine, amount) == [("6.666666",)]
+
+
+@pytest.mark.parametrize("other_status", ["running", "succeeded", "failed"])
+def test_a_deep_pass_stopped_while_another_covers_it_records_nothing(
+    sim: Simulator, engine: Engine, other_status: str
+) -> None:
+    """Two daemons' deep passes due at the same minute: one runs, the other waits for the
+    lock and is stopped (a rolling deploy). Recording the waiting one as stopped made status
+    red after the running one succeeded, and the next incremental pass read its period
+    again. Nothing is recorded while another whole deep pass runs or has ended since."""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    stopping = replace(job, stop=threading.Event())
+    with account_lock(engine, "buyer1", wait=False):
+        thread, results = _deep_pass_in_a_thread(engine, stopping)
+        thread.join(timeout=2)
+        other = state.start_run(engine, DEEP, "buyer1", START, NOW, prefix="")
+        if other_status != "running":
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE etl_run SET status = :s, finished_at = now() WHERE id = :r"),
+                    {"s": other_status, "r": other},
+                )
+        stopping.stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive() and results[0].summary is None
+    last = state.last_deep_pass(engine, "buyer1", "")
+    assert last is not None and last.run_id == other, "no stopped row after the other's"

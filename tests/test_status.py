@@ -85,13 +85,18 @@ def test_a_window_failing_pass_after_pass_counts_once(engine: Engine) -> None:
     assert _pending(engine) == 2
 
 
-def _deep_run(engine: Engine, status: str, prefix: str = "", started: int = 0) -> None:
-    run_id = state.start_run(engine, "deep-sync", "buyer1", T0, T0 + DAY, prefix=prefix)
+def _deep_run(
+    engine: Engine, status: str, prefix: str = "", started: int = 0, finishes: int | None = None
+) -> int:
+    run_id = state.start_run(
+        engine, "deep-sync", "buyer1", T0, T0 + DAY, prefix=prefix, finishes_run=finishes
+    )
     with engine.begin() as conn:
         conn.execute(
             text("UPDATE etl_run SET status = :status, started_at = :started WHERE id = :id"),
             {"status": status, "id": run_id, "started": T0 + started * DAY},
         )
+    return run_id
 
 
 def _deep(engine: Engine, prefix: str = "") -> tuple[str | None, bool]:
@@ -118,22 +123,25 @@ def test_the_last_deep_pass_of_the_account_and_prefix_decides(engine: Engine) ->
     assert _deep(engine) == ("succeeded", False)
 
 
-def test_a_retry_that_fails_again_still_counts_from_the_first_unfinished_pass(
-    engine: Engine,
-) -> None:
-    """An incremental pass finishing a deep pass skips the windows committed since the first
-    unfinished deep pass began: a retry that fails again must not move that point (its own
-    start would discard the windows the first one committed)."""
+def test_finishing_counts_from_the_last_whole_deep_pass(engine: Engine) -> None:
+    """Windows committed since the last whole deep pass began need no re-sync when it is
+    finished: finishing runs that fail again do not move that point (their own start would
+    discard what the pass committed), and a newer whole pass does (what an older unfinished
+    pass committed was read before the late CDRs the newer one is there to find)."""
     _deep_run(engine, "succeeded", started=1)
-    _deep_run(engine, "failed", started=2)
-    _deep_run(engine, "failed", started=3)
-    _deep_run(engine, "stopped", started=4)
+    whole = _deep_run(engine, "failed", started=2)
+    _deep_run(engine, "failed", started=3, finishes=whole)
+    _deep_run(engine, "stopped", started=4, finishes=whole)
     last = state.last_deep_pass(engine, "buyer1", "")
-    assert last is not None and last.status == "stopped"
+    assert last is not None and last.status == "stopped" and last.whole_run_id == whole
     assert last.unfinished_since == T0 + 2 * DAY
-    _deep_run(engine, "failed", prefix="44", started=5)
+    newer = _deep_run(engine, "stopped", started=5)
+    last = state.last_deep_pass(engine, "buyer1", "")
+    assert last is not None and last.whole_run_id == newer
+    assert last.unfinished_since == T0 + 5 * DAY
+    _deep_run(engine, "failed", prefix="44", started=6)
     other = state.last_deep_pass(engine, "buyer1", "44")
-    assert other is not None and other.unfinished_since == T0 + 5 * DAY
+    assert other is not None and other.unfinished_since == T0 + 6 * DAY
 
 
 def test_two_prefixes_of_one_login_each_show_their_own_runs_and_rows(engine: Engine) -> None:
