@@ -35,7 +35,9 @@ settings.register_profile("tcxc", deadline=None, max_examples=100, derandomize=T
 settings.register_profile("explore", deadline=None, max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tcxc"))
 
-TEMPLATE = "tcxc_test_template"
+# One template per pytest-xdist worker (`make test` runs two): on a shared TEST_DATABASE_URL
+# server the workers must not drop each other's.
+TEMPLATE = f"tcxc_test_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 SIM_END = datetime(2026, 10, 1)  # naive, API zone (UTC)
 
 
