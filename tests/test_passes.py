@@ -370,6 +370,17 @@ def test_an_unfinished_deep_pass_whose_windows_were_all_synced_since_is_settled_
     assert not state.last_deep_pass(engine, "buyer1", "").incomplete
 
 
+def _a_day_earlier(engine: Engine) -> None:
+    """Move the runs recorded so far a day back (their start and end)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE etl_run SET started_at = started_at - interval '1 day',"
+                " finished_at = finished_at - interval '1 day'"
+            )
+        )
+
+
 def test_a_deep_pass_stopped_while_it_waits_for_the_lock_is_finished_later(
     sim: Simulator, engine: Engine
 ) -> None:
@@ -380,6 +391,7 @@ def test_a_deep_pass_stopped_while_it_waits_for_the_lock_is_finished_later(
     job = make_job(settings)
     assert run_pass(engine, job, INCREMENTAL, NOW).ok
     assert run_pass(engine, job, DEEP, NOW + timedelta(minutes=5)).ok
+    _a_day_earlier(engine)  # last night's (a pass of the same minute would cover the next)
     stopping = replace(job, stop=threading.Event())
     with account_lock(engine, "buyer1", wait=False):
         thread, results = _deep_pass_in_a_thread(engine, stopping)
@@ -397,17 +409,29 @@ def test_a_deep_pass_stopped_while_it_waits_for_the_lock_is_finished_later(
 
 
 @pytest.mark.parametrize(
-    ("finishes_run", "status", "skips"),
-    [(None, "failed", True), (None, "succeeded", True), (1, "succeeded", False)],
+    ("finishes_run", "status", "started_minutes_before", "skips"),
+    [
+        (None, "failed", 0, True),
+        (None, "succeeded", 0, True),
+        (None, "abandoned", 0, True),
+        (1, "succeeded", 0, False),
+        (None, "succeeded", 10, False),
+    ],
 )
-def test_a_deep_pass_due_skips_only_for_a_whole_deep_pass_that_ended_meanwhile(
-    sim: Simulator, engine: Engine, finishes_run: int | None, status: str, skips: bool
+def test_a_deep_pass_due_skips_only_for_a_whole_deep_pass_of_the_same_tick(
+    sim: Simulator,
+    engine: Engine,
+    finishes_run: int | None,
+    status: str,
+    started_minutes_before: int,
+    skips: bool,
 ) -> None:
-    """Another daemon's deep pass, due at the same minute, ended while this one waited: even
-    if it failed, the next incremental pass finishes it, so a second whole pass would read the
-    period again. But an incremental pass finishing an older deep pass (finishes_run) re-read
-    only that pass's leftovers: the deep pass due now must still run (it was skipped, and
-    status said succeeded)."""
+    """Another daemon's deep pass of the same cron minute ended while this one waited: even
+    if it failed or died, the next incremental pass finishes it, so a second whole pass would
+    read the period again. But an incremental pass finishing an older deep pass (finishes_run)
+    re-read only that pass's leftovers, and a deep pass that started well before this one was
+    due (a `sync --deep` run while the night's pass ran) read its first windows before: the
+    deep pass due now must still run (it was skipped, and status said succeeded)."""
     job = make_job(_settings(sim))
     assert run_pass(engine, job, INCREMENTAL, NOW).ok
     with account_lock(engine, "buyer1", wait=False):
@@ -418,8 +442,12 @@ def test_a_deep_pass_due_skips_only_for_a_whole_deep_pass_that_ended_meanwhile(
         )
         with engine.begin() as conn:
             conn.execute(
-                text("UPDATE etl_run SET status = :s, finished_at = now() WHERE id = :r"),
-                {"s": status, "r": other},
+                text(
+                    "UPDATE etl_run SET status = :s, started_at = now() - make_interval("
+                    "mins => :m), finished_at = CASE WHEN :s = 'abandoned' THEN NULL"
+                    " ELSE now() END WHERE id = :r"
+                ),
+                {"s": status, "r": other, "m": started_minutes_before},
             )
     thread.join(timeout=60)
     (deep,) = results
@@ -468,6 +496,7 @@ def test_finishing_a_newer_deep_pass_rereads_what_an_older_unfinished_one_commit
     sim.inject(Fault("error_envelope"))
     first = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
     assert first.summary is not None and len(first.summary.failures) == 1
+    _a_day_earlier(engine)  # A was last night's
     late = _late(sim, NOW - timedelta(days=2), "990000000005")  # in a window A committed
     rerated = sim.records("buyer1")[-150]
     sim.rerate("buyer1", rerated["i_cdr"], "6.666666")
