@@ -4,6 +4,7 @@ the daemon's scheduled jobs."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -353,9 +354,20 @@ def test_a_deep_sync_stopped_while_it_waits_for_the_lock_exits_1(
     try:
         _wait_for(database_url, "SELECT count(*) FROM sync_window WHERE status = 'done'", 1)
         deep = start_cli("sync", "--deep", env=env)
-        time.sleep(2)
+        assert deep.stderr is not None and deep.stdout is not None
+        lines: list[str] = []  # its log, read as it comes: signal it once it waits, not before
+        reader = threading.Thread(target=lambda: lines.extend(iter(deep.stderr.readline, "")))
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting for account=buyer1" in line for line in lines):
+            assert time.monotonic() < deadline and deep.poll() is None, "".join(lines)
+            time.sleep(0.05)
         deep.send_signal(signal.SIGTERM)
-        out, err = deep.communicate(timeout=60)
+        deep.wait(timeout=60)
+        reader.join(timeout=10)
+        out, err = deep.stdout.read(), "".join(lines)
+        deep.stdout.close()
+        deep.stderr.close()
     finally:
         backfill.terminate()
         backfill.communicate(timeout=60)
