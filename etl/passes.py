@@ -8,9 +8,9 @@ account's pass, so the watermark never passes a window that did not commit.
 Deep: per account, re-syncs [now - TCXC_DEEP_LOOKBACK, watermark] so that late and re-rated
 CDRs beyond the lookback converge; it never moves the watermark. A deep pass that did not
 complete (a failed window, a spent request budget, a stop, a dead process) is finished by the
-account's next incremental pass that succeeds: it re-syncs, as a deep pass, the deep windows
-that no run has committed since the unfinished one began (a day's wait for the next deep pass
-would leave that period unconverged, and `status` failing, for a day).
+account's next incremental pass that succeeds: it re-syncs, as a deep pass, the windows of the
+last whole deep pass that no run has committed since that pass began (a day's wait for the
+next deep pass would leave that period unconverged, and `status` failing, for a day).
 
 Accounts whose lock another process holds are skipped with a log line: several daemons on
 one database share the accounts without double work.
@@ -127,7 +127,7 @@ def _record_unstarted_deep_pass(
     """A deep pass stopped while it waited for the lock is recorded as stopped, unless a
     whole deep pass (another process's, due at the same time) runs or ended since it was
     due: that one covers it."""
-    if state.deep_pass_running_or_ended_since(engine, job.api_login, job.prefix, due):
+    if state.deep_pass_of_the_same_tick(engine, job.api_login, job.prefix, due, running=True):
         return
     watermark = state.read_watermark(engine, job.api_login, job.prefix)
     windows = plan_deep(watermark, moment, job.settings)
@@ -169,7 +169,9 @@ def run_pass(
                 return PassResult(job.api_login, None, error=stopped)
             log.info("skipping account=%s pass=%s: another run holds its lock", job.api_login, kind)
             return PassResult(job.api_login, None, "locked by another run")
-        if due is not None and state.deep_pass_ended_since(engine, job.api_login, job.prefix, due):
+        if due is not None and state.deep_pass_of_the_same_tick(
+            engine, job.api_login, job.prefix, due, running=False
+        ):
             log.info("skipping account=%s pass=%s: done by another run since", job.api_login, kind)
             return PassResult(job.api_login, None, "done by another run since it was due")
         moment = now or datetime.now(UTC)

@@ -244,13 +244,14 @@ def database_now(engine: Engine) -> datetime:
 
 # Two processes' deep passes of one cron tick start within a minute of each other; one that
 # started earlier read its first windows before the other was due, and does not cover it.
-_DEEP_COVERS = """
+_SAME_TICK = text("""
+SELECT EXISTS (
     SELECT FROM etl_run r
     WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.prefix = :prefix
       AND r.finishes_run IS NULL
       AND r.started_at >= CAST(:since AS timestamptz) - interval '1 minute'
-"""
-_DEEP_ENDED_SINCE = text(f"SELECT EXISTS ({_DEEP_COVERS} AND r.status <> 'running')")
+      AND (:running OR r.status <> 'running')
+)""")
 # A deep pass that ended without converging its period: failed windows, a spent request
 # budget, a stop, or a process that died (marked 'abandoned' by the account's next run).
 DEEP_INCOMPLETE = ("failed", "paused", "stopped", "abandoned")
@@ -270,9 +271,6 @@ SELECT d.id, d.status, coalesce(d.finished_at, d.started_at),
        w.id, w.range_start, w.range_end, w.started_at
 FROM deep d LEFT JOIN whole w ON true ORDER BY d.id DESC LIMIT 1
 """)
-# Whether a whole deep pass of the same tick runs now or has ended: a pass that waited for
-# the lock and was stopped is then not recorded as a deep pass of its own (that one covers it).
-_DEEP_RUNNING_OR_ENDED_SINCE = text(f"SELECT EXISTS ({_DEEP_COVERS})")
 _COMMITTED_SINCE = text("""
 SELECT window_start, window_end FROM sync_window
 WHERE api_login = :login AND prefix = :prefix AND status = 'done' AND finished_at >= :since
@@ -307,16 +305,6 @@ def last_deep_pass(engine: Engine, api_login: str, prefix: str) -> DeepPass | No
     return DeepPass(*row) if row else None
 
 
-def deep_pass_running_or_ended_since(
-    engine: Engine, api_login: str, prefix: str, since: datetime
-) -> bool:
-    """Whether a whole deep pass of the account and prefix of the same tick as one due at
-    ``since`` runs now or has ended."""
-    params = {"login": api_login, "prefix": prefix, "since": since}
-    with engine.connect() as conn:
-        return bool(conn.execute(_DEEP_RUNNING_OR_ENDED_SINCE, params).scalar_one())
-
-
 def committed_since(
     engine: Engine, api_login: str, prefix: str, since: datetime, lo: datetime, hi: datetime
 ) -> set[tuple[datetime, datetime]]:
@@ -327,15 +315,18 @@ def committed_since(
         return {(row[0], row[1]) for row in conn.execute(_COMMITTED_SINCE, params)}
 
 
-def deep_pass_ended_since(engine: Engine, api_login: str, prefix: str, since: datetime) -> bool:
+def deep_pass_of_the_same_tick(
+    engine: Engine, api_login: str, prefix: str, since: datetime, *, running: bool
+) -> bool:
     """Whether a whole deep pass of the account and prefix (not the finishing of an older one)
     of the same tick as one due at ``since`` (started at most a minute before it) has ended,
-    whatever its outcome: one that did not complete is finished by the account's next
-    incremental pass, so a second whole pass would read the period twice. One that started
-    earlier read its first windows before ``since``: it does not count."""
-    params = {"login": api_login, "prefix": prefix, "since": since}
+    whatever its outcome, or, with ``running``, runs now. One that did not complete is
+    finished by the account's next incremental pass, so a second whole pass would read the
+    period twice; one that started earlier read its first windows before ``since``: it does
+    not count."""
+    params = {"login": api_login, "prefix": prefix, "since": since, "running": running}
     with engine.connect() as conn:
-        return bool(conn.execute(_DEEP_ENDED_SINCE, params).scalar_one())
+        return bool(conn.execute(_SAME_TICK, params).scalar_one())
 
 
 def record_unstarted_run(

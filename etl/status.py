@@ -145,18 +145,11 @@ def format_status(statuses: list[AccountStatus]) -> str:
     ]
     for s in statuses:
         lag = "never" if s.lag_seconds is None else str(timedelta(seconds=int(s.lag_seconds)))
-        marks = [
-            mark
-            for mark, on in (
-                ("LAGGING", s.lagging),
-                ("DEEP PASS INCOMPLETE", s.deep_pass_incomplete),
-            )
-            if on
-        ]
-        mark = "".join("  " + m for m in marks)
-        name = s.name
+        mark = ("  LAGGING" if s.lagging else "") + (
+            "  DEEP PASS INCOMPLETE" if s.deep_pass_incomplete else ""
+        )
         lines.append(
-            f"{name:<20} {s.watermark or '-'!s:<26} {lag:>10} "
+            f"{s.name:<20} {s.watermark or '-'!s:<26} {lag:>10} "
             f"{s.last_run_status or '-':<10} {s.rows_loaded_24h:>9} {s.failed_windows_pending:>6}"
             f" {s.rejected_24h:>11} {s.conflicts_24h:>13} {s.deep_pass_status or '-':<10}{mark}"
         )

@@ -20,6 +20,7 @@ from etl.passes import DEEP, INCREMENTAL, plan_deep, plan_incremental, run_pass
 from etl.pipeline import backfill
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.status import account_status
+from etl.windows import Window
 from tests.conftest import SIM_END, FakeClock, make_job, make_settings, table_rows
 
 NOW = datetime(2026, 10, 1, 0, 10, tzinfo=UTC)  # settle lag 10 min: passes end at 2026-10-01
@@ -345,18 +346,27 @@ def test_a_deep_pass_that_did_not_complete_is_finished_by_the_next_incremental_p
     assert run_pass(engine, job, INCREMENTAL, later + timedelta(minutes=10)).deep_retry is None
 
 
-def test_an_unfinished_deep_pass_whose_windows_were_all_synced_since_is_settled_for_free(
+def _deep_pass_failing_its_first_window(
     sim: Simulator, engine: Engine
-) -> None:
-    """After an operator backfilled the failed deep window's period, the incremental pass
-    records the deep pass as finished without a request of its own."""
+) -> tuple[Settings, Any, Window]:
+    """An incremental pass at NOW, then a deep pass (7 days back) at NOW + 20 min whose first
+    window fails (one error answer) while the others commit: the settings, the job and the
+    failed window."""
     settings = _settings(sim, deep_lookback=timedelta(days=7))
     job = make_job(settings)
     assert run_pass(engine, job, INCREMENTAL, NOW).ok
     sim.inject(Fault("error_envelope"))
     deep = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
     assert deep.summary is not None and len(deep.summary.failures) == 1
-    failed = deep.summary.failures[0][0]
+    return settings, job, deep.summary.failures[0][0]
+
+
+def test_an_unfinished_deep_pass_whose_windows_were_all_synced_since_is_settled_for_free(
+    sim: Simulator, engine: Engine
+) -> None:
+    """After an operator backfilled the failed deep window's period, the incremental pass
+    records the deep pass as finished without a request of its own."""
+    _, job, failed = _deep_pass_failing_its_first_window(sim, engine)
     assert backfill(engine, job, failed.start, failed.end).ok
     before = sim.stats()["requests"]
     settled = run_pass(engine, job, INCREMENTAL, NOW + timedelta(minutes=25))
@@ -463,13 +473,7 @@ def test_finishing_a_deep_pass_reaches_back_no_further_than_a_deep_pass_would(
     """The windows of an unfinished deep pass that are now wholly before TCXC_START_DATE (or
     the deep lookback) are not re-synced: no pass reaches back there. With none left the
     deep pass is recorded as finished."""
-    settings = _settings(sim, deep_lookback=timedelta(days=7))
-    job = make_job(settings)
-    assert run_pass(engine, job, INCREMENTAL, NOW).ok
-    sim.inject(Fault("error_envelope"))
-    deep = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
-    assert deep.summary is not None and len(deep.summary.failures) == 1
-    failed = deep.summary.failures[0][0]
+    settings, _, failed = _deep_pass_failing_its_first_window(sim, engine)
     later = replace(settings, start_date=failed.end.replace(tzinfo=None))
     before = sim.stats()["requests"]
     finished = run_pass(engine, make_job(later), INCREMENTAL, NOW + timedelta(minutes=25))
@@ -490,12 +494,7 @@ def test_finishing_a_newer_deep_pass_rereads_what_an_older_unfinished_one_commit
     land in a window A committed; the next night's deep pass B is stopped before its first
     window. Finishing B skipped every window committed since A began, so neither was ever
     read (status green). It now skips only what was committed since B began."""
-    settings = _settings(sim, deep_lookback=timedelta(days=7))
-    job = make_job(settings)
-    assert run_pass(engine, job, INCREMENTAL, NOW).ok
-    sim.inject(Fault("error_envelope"))
-    first = run_pass(engine, job, DEEP, NOW + timedelta(minutes=20))
-    assert first.summary is not None and len(first.summary.failures) == 1
+    _, job, _ = _deep_pass_failing_its_first_window(sim, engine)
     _a_day_earlier(engine)  # A was last night's
     late = _late(sim, NOW - timedelta(days=2), "990000000005")  # in a window A committed
     rerated = sim.records("buyer1")[-150]

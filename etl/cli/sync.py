@@ -213,8 +213,6 @@ def daemon_passes(
                 metrics.runs.labels(DEEP, result.deep_retry.status).inc()
             if result.summary is not None:
                 metrics.runs.labels(kind, result.summary.status).inc()
-            elif result.deep_retry is not None:
-                pass
             elif isinstance(result.error, StopRequestedError):  # stopped waiting for the lock
                 metrics.runs.labels(kind, "stopped").inc()
             elif result.error is not None:  # no run row (say, the database is down)
