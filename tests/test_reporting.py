@@ -448,6 +448,36 @@ def test_the_hour_by_hour_query_keeps_the_repeated_autumn_hour_apart(
     ], rows
 
 
+def test_the_latest_day_query_reads_all_25_hours_of_the_autumn_day(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """docs/queries.md question 10 on a latest day of 25 hours (clocks go back), from a session
+    whose TimeZone is not the reporting zone: its last hour is that day's too."""
+    from etl.queries import documented_queries
+
+    with Simulator(replace(sim_config, cdrs=1)) as sim:
+        base = dict(sim.records("buyer1")[0])
+        mischarged = {"customer_amount": "9.999999"}
+        for k, at in enumerate(
+            ["2026-10-24 23:10:00", "2026-10-25 12:00:00", "2026-10-25 23:30:00"]
+        ):
+            record = _record(
+                base, 900000401 + k, setup_time=at, connect_time=at, disconnect_time=at
+            )
+            sim.publish("buyer1", {**record, **mischarged})
+        day = (datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+        assert pipeline.backfill(engine, account_job(sim, "buyer1", timedelta(days=2)), *day).ok
+    set_zone(pg, "Europe/London")  # 2026-10-25 runs from 23:00Z on the 24th to 00:00Z on the 26th
+    pg.execute("SET TimeZone = 'UTC'")
+    markdown = (ROOT / "docs" / "queries.md").read_text()
+    (mischarged_calls,) = [q for q in documented_queries(markdown) if q.number == 10]
+    found = sorted(row[0] for row in query(pg, mischarged_calls.sql))
+    assert found == [900000401, 900000402, 900000403]
+    assert query(pg, "SELECT latest_day_end_at - latest_day_start_at FROM v_reporting_period") == [
+        (timedelta(hours=25),)
+    ]
+
+
 # --- the rollup and the views against Python --------------------------------------------------
 
 
