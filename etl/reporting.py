@@ -62,9 +62,13 @@ _CDR_HOURS = """api_login = %(login)s AND (
         AND setup_time >= %(lo)s AND setup_time < %(hi)s + interval '1 hour'))"""
 _BUCKETS = "c.hour_start BETWEEN %(lo)s AND %(hi)s"
 _HOURS = "t.api_login = %(login)s AND t.hour_start BETWEEN %(lo)s AND %(hi)s"
+# The hours of the days lo..hi: by their day, read through the hour index from a few hours
+# before lo's midnight (where a zone's clock goes back at midnight, midnight happens twice and
+# PostgreSQL reads it as the later one: the day's first hour is before it) to a few after hi's.
 _HOURS_OF_DAYS = (
-    "t.api_login = %(login)s AND t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s"
-    " AND t.hour_start < (%(hi)s + 1)::timestamp AT TIME ZONE %(tz)s"
+    "t.api_login = %(login)s AND t.day BETWEEN %(lo)s AND %(hi)s"
+    " AND t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s - interval '3 hours'"
+    " AND t.hour_start < (%(hi)s + 1)::timestamp AT TIME ZONE %(tz)s + interval '3 hours'"
 )
 _DAYS = "t.api_login = %(login)s AND t.day BETWEEN %(lo)s AND %(hi)s"
 

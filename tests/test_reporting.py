@@ -478,6 +478,83 @@ def test_the_latest_day_query_reads_all_25_hours_of_the_autumn_day(
     ]
 
 
+# Atlantic/Azores goes back from 01:00 to 00:00 on 2026-10-25: that day's midnight happens twice,
+# and PostgreSQL reads '2026-10-25 00:00' there as the later one (01:00Z); the day begins at 00:00Z.
+AZORES_DAY = ["2026-10-25 00:30:00", "2026-10-25 01:30:00", "2026-10-25 12:00:00"]
+
+
+def _publish_calls(sim: Simulator, first: int, times: list[str], **values: Any) -> None:
+    base = dict(sim.records("buyer1")[0])
+    for k, at in enumerate(times):
+        record = _record(base, first + k, setup_time=at, connect_time=at, disconnect_time=at)
+        sim.publish("buyer1", {**record, **values})
+
+
+def test_a_day_whose_midnight_happens_twice_keeps_its_first_hour(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """Windows refreshing the days around a fall-back at midnight: the day's first hour (the
+    earlier midnight) counts in its day, and a window whose days end the day before neither
+    takes it nor fails on the next day's rows."""
+    set_zone(pg, "Atlantic/Azores")
+    with Simulator(replace(sim_config, cdrs=1)) as sim:
+        _publish_calls(sim, 900000501, ["2026-10-24 23:50:00", *AZORES_DAY])
+        days = (datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+        assert pipeline.backfill(engine, account_job(sim, "buyer1", timedelta(days=1)), *days).ok
+        late = replace(account_job(sim, "buyer1", timedelta(hours=1)), recheck=True)
+        hour = (datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 24, 23, 20, tzinfo=UTC))
+        assert pipeline.backfill(engine, late, *hour).ok
+    daily = query(pg, "SELECT day, sum(attempts) FROM cdr_daily GROUP BY day ORDER BY day")
+    assert [(str(day), n) for day, n in daily if n] == [("2026-10-24", 1), ("2026-10-25", 3)]
+    assert all_rollups(pg) == fresh_rollup(pg)
+
+
+def test_day_bounds_of_the_views_are_the_first_instant_of_the_day(
+    sim_config: SimulatorConfig, engine: Engine, database_url: str, pg: psycopg.Connection[Any]
+) -> None:
+    """v_reporting_period in a zone whose midnight happens twice on the latest day (and on a
+    month's first day): the day begins at the earlier midnight and lasts 25 hours."""
+    with Simulator(replace(sim_config, cdrs=1)) as sim:
+        _publish_calls(sim, 900000601, AZORES_DAY)
+        day = (datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+        assert pipeline.backfill(engine, account_job(sim, "buyer1", timedelta(days=2)), *day).ok
+    set_zone(pg, "Atlantic/Azores")
+    pg.execute("SET TimeZone = 'UTC'")
+    period = "SELECT latest_day, latest_day_start_at, latest_day_end_at FROM v_reporting_period"
+    assert query(pg, period) == [
+        (
+            date(2026, 10, 25),
+            datetime(2026, 10, 25, tzinfo=UTC),
+            datetime(2026, 10, 26, 1, tzinfo=UTC),
+        )
+    ]
+    hours = query(pg, "SELECT hour_start, attempts FROM v_hourly_kpi ORDER BY hour_start")
+    assert [(h.isoformat(), n) for h, n in hours] == [
+        ("2026-10-25T00:00:00+00:00", 1),
+        ("2026-10-25T01:00:00+00:00", 1),
+        ("2026-10-25T12:00:00+00:00", 1),
+    ]
+    # America/Havana goes back at midnight on 2026-11-01, a month's first day.
+    starts = "SELECT cdr_day_start(%s, %s), cdr_day_start(%s, %s), cdr_day_start(%s, %s)"
+    found = query(
+        pg,
+        starts,
+        date(2026, 11, 1),
+        "America/Havana",
+        date(2026, 3, 8),
+        "America/Havana",
+        date(2026, 7, 1),
+        "Europe/London",
+    )
+    assert found == [
+        (
+            datetime(2026, 11, 1, 4, tzinfo=UTC),  # the earlier midnight (-04), not 05:00Z
+            datetime(2026, 3, 8, 5, tzinfo=UTC),  # no midnight: the day begins at 01:00 (-04)
+            datetime(2026, 6, 30, 23, tzinfo=UTC),
+        )
+    ]
+
+
 # --- the rollup and the views against Python --------------------------------------------------
 
 

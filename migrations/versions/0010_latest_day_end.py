@@ -1,20 +1,30 @@
-"""v_reporting_period.latest_day_end_at: where the latest reporting day ends
+"""Day bounds in the reporting zone: cdr_day_start(), v_reporting_period.latest_day_end_at
 
 Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-01 07:00:00.000000
 
-"The latest day" of a query on timestamps was ``latest_day_start_at + interval '1 day'``, which
-PostgreSQL computes in the session's TimeZone: from a session in another zone than the
-reporting one (a BI tool's default, UTC on the embedded server) a day whose clocks go back
-lost its 25th hour, and a day whose clocks go forward took the first hour of the next. The
-view now gives the end instant itself, computed in the reporting zone. The new column comes
-last, so ``CREATE OR REPLACE VIEW`` keeps the view (and the grants on it).
+Two ways a reporting day's bounds went wrong:
+
+- ``day::timestamp AT TIME ZONE zone`` reads a local time that happens twice as the later
+  one. Where the clock goes back at midnight (Atlantic/Azores, America/Havana), a day's
+  midnight happens twice and the day begins at the earlier one: ``v_reporting_period``'s
+  ``latest_day_start_at`` and ``month_start_at`` and ``v_hourly_kpi``'s first hour were an
+  hour late there. ``cdr_day_start(day, zone)`` gives the first instant of the day.
+- "The latest day" of a query on timestamps ended at ``latest_day_start_at + interval
+  '1 day'``, which PostgreSQL adds in the session's TimeZone: from a session in another zone
+  (a BI tool's default, UTC on the embedded server) a day of 25 hours lost its last hour and
+  a day of 23 hours took the next day's first. The view now gives ``latest_day_end_at``.
+
+The new column comes last, so ``CREATE OR REPLACE VIEW`` keeps the views and their grants.
+The views are 0002's with those bounds replaced (read from 0002, which never changes).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 from alembic import op
 
@@ -23,23 +33,70 @@ down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_BEFORE = """
-SELECT d.time_zone,
-       d.latest_day,
-       date_trunc('month', d.latest_day::timestamp)::date AS month_start,
-       date_trunc('month', d.latest_day::timestamp) AT TIME ZONE d.time_zone AS month_start_at,
-       d.latest_day::timestamp AT TIME ZONE d.time_zone AS latest_day_start_at{more}
-FROM (SELECT (SELECT max(day) FROM cdr_daily) AS latest_day,
-             (SELECT applied_time_zone FROM reporting_config) AS time_zone) d
+# The earlier midnight, when there are two, is the later one less the clock's step back: the
+# tz database's steps are 30 minutes (Australia/Lord_Howe), 1 and 2 hours (Antarctica/Troll).
+# A day without a midnight (the clock goes forward at midnight) begins where PostgreSQL reads
+# it: at 01:00 of the new offset.
+_DAY_START = """
+CREATE FUNCTION cdr_day_start(day date, zone text) RETURNS timestamptz
+LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
+SELECT least(s, (SELECT min(c)
+                 FROM unnest(ARRAY[s - interval '2 hours', s - interval '1 hour',
+                                   s - interval '30 minutes']) c
+                 WHERE c AT TIME ZONE zone = day::timestamp))
+FROM (SELECT day::timestamp AT TIME ZONE zone AS s) midnight
+$$
 """
-_END = ",\n       (d.latest_day + 1)::timestamp AT TIME ZONE d.time_zone AS latest_day_end_at"
+_TZ = "(SELECT applied_time_zone FROM reporting_config)"
+# 0002's text -> this revision's.
+_PERIOD = {
+    "date_trunc('month', d.latest_day::timestamp) AT TIME ZONE d.time_zone AS month_start_at": "cdr_day_start(date_trunc('month', d.latest_day::timestamp)::date, d.time_zone)"
+    " AS month_start_at",
+    "d.latest_day::timestamp AT TIME ZONE d.time_zone AS latest_day_start_at": "cdr_day_start(d.latest_day, d.time_zone) AS latest_day_start_at,\n"
+    "       cdr_day_start(d.latest_day + 1, d.time_zone) AS latest_day_end_at",
+}
+_HOURLY = {
+    f"""WHERE h.hour_start >= ((SELECT max(day) FROM cdr_daily)
+                           - ((SELECT hourly_days FROM reporting_config) - 1))::timestamp
+                          AT TIME ZONE {_TZ}""": f"""WHERE h.hour_start >= cdr_day_start((SELECT max(day) FROM cdr_daily)
+                                         - ((SELECT hourly_days FROM reporting_config) - 1),
+                                         {_TZ})""",
+}
+
+
+def _views_of_0002() -> dict[str, str]:
+    path = Path(__file__).with_name("0002_reporting.py")
+    spec = importlib.util.spec_from_file_location("tcxc_migration_0002", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.VIEWS)
+
+
+def _replaced(body: str, changes: dict[str, str]) -> str:
+    for old, new in changes.items():
+        if old not in body:
+            raise RuntimeError(f"migration 0010: 0002's view text changed: {old!r}")
+        body = body.replace(old, new)
+    return body
 
 
 def upgrade() -> None:
-    op.execute("CREATE OR REPLACE VIEW v_reporting_period AS " + _BEFORE.format(more=_END))
+    views = _views_of_0002()
+    op.execute(_DAY_START)
+    op.execute(
+        "CREATE OR REPLACE VIEW v_reporting_period AS "
+        + _replaced(views["v_reporting_period"], _PERIOD)
+    )
+    op.execute(
+        "CREATE OR REPLACE VIEW v_hourly_kpi AS " + _replaced(views["v_hourly_kpi"], _HOURLY)
+    )
 
 
 def downgrade() -> None:
-    # A view cannot lose a column in place: drop it and create the older one.
+    views = _views_of_0002()
+    # A view cannot lose a column in place: v_reporting_period is made again.
     op.execute("DROP VIEW v_reporting_period")
-    op.execute("CREATE VIEW v_reporting_period AS " + _BEFORE.format(more=""))
+    op.execute("CREATE VIEW v_reporting_period AS " + views["v_reporting_period"])
+    op.execute("CREATE OR REPLACE VIEW v_hourly_kpi AS " + views["v_hourly_kpi"])
+    op.execute("DROP FUNCTION cdr_day_start(date, text)")
