@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -230,3 +232,37 @@ def test_0009_gives_older_runs_the_one_prefix_of_their_windows(empty_database_ur
     finally:
         engine.dispose()
     assert [tuple(row) for row in prefixes] == [(1, ""), (2, "44"), (3, None), (4, None)]
+
+
+def test_0010_sums_the_daily_rollups_again_from_the_hours(empty_database_url: str) -> None:
+    """Days that a refresh summed without their first hour (a midnight that happens twice)
+    are summed again from cdr_hourly, which was right."""
+    engine = db.make_engine(empty_database_url)
+    hour = (
+        "INSERT INTO cdr_hourly VALUES (:at, '2026-10-25', 'b', 'PT', 7, 'v', 16,"
+        " :n, 1, 1, 60, 60, 0.5, 0, 0, 0, 0)"
+    )
+    try:
+        db.migrate(engine, "0009")
+        with engine.begin() as conn:
+            for at in ("2026-10-25 00:00Z", "2026-10-25 01:00Z"):
+                conn.execute(text(hour), {"at": at, "n": 2})
+            conn.execute(  # the first hour left out
+                text(
+                    "INSERT INTO cdr_daily VALUES ('2026-10-25', 'b', 'PT', 7, 'v',"
+                    " 2, 1, 1, 60, 60, 0.5, 0, 0, 0, 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cdr_daily_cause VALUES ('2026-10-25', 'b', 'PT', 7, 'v', 16, 2, 1)"
+                )
+            )
+        db.migrate(engine)
+        with engine.connect() as conn:
+            daily = conn.execute(text("SELECT day, attempts, answered, spend FROM cdr_daily")).all()
+            causes = conn.execute(text("SELECT attempts, answered FROM cdr_daily_cause")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in daily] == [(date(2026, 10, 25), 4, 2, Decimal("1.0"))]
+    assert [tuple(row) for row in causes] == [(4, 2)]

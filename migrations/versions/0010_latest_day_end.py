@@ -16,6 +16,11 @@ Two ways a reporting day's bounds went wrong:
   (a BI tool's default, UTC on the embedded server) a day of 25 hours lost its last hour and
   a day of 23 hours took the next day's first. The view now gives ``latest_day_end_at``.
 
+A window's rollup refresh bounded its days the same way (``etl.reporting``, fixed with this
+revision): in such a zone a day's first hour was left out of ``cdr_daily`` and
+``cdr_daily_cause``, while ``cdr_hourly`` was right. This revision sums both again from
+``cdr_hourly`` (a few thousand rows per million CDRs), under the rollup's rebuild lock.
+
 The new column comes last, so ``CREATE OR REPLACE VIEW`` keeps the views and their grants.
 The views are 0002's with those bounds replaced (read from 0002, which never changes).
 """
@@ -64,6 +69,24 @@ _HOURLY = {
 }
 
 
+_KEY = "day, api_login, country_name, i_vendor, vendor_name"
+_MEASURES = (
+    "attempts answered ner_delivered billed_seconds duration_seconds spend tta_seconds tta_calls"
+    " cost_mismatches cost_difference"
+).split()
+_NUMERIC = ("spend", "tta_seconds", "cost_difference")
+_REBUILD_LOCK = "SELECT pg_advisory_xact_lock(31756, -1)"  # etl.reporting: LOCK_KEY, rebuild
+
+
+def _resum(table: str, key: str, measures: list[str]) -> None:
+    sums = ", ".join(f"sum({m})" + ("" if m in _NUMERIC else "::bigint") for m in measures)
+    op.execute(f"DELETE FROM {table}")
+    op.execute(
+        f"INSERT INTO {table} ({key}, {', '.join(measures)})"
+        f" SELECT {key}, {sums} FROM cdr_hourly GROUP BY {key}"
+    )
+
+
 def _views_of_0002() -> dict[str, str]:
     path = Path(__file__).with_name("0002_reporting.py")
     spec = importlib.util.spec_from_file_location("tcxc_migration_0002", path)
@@ -91,6 +114,9 @@ def upgrade() -> None:
     op.execute(
         "CREATE OR REPLACE VIEW v_hourly_kpi AS " + _replaced(views["v_hourly_kpi"], _HOURLY)
     )
+    op.execute(_REBUILD_LOCK)
+    _resum("cdr_daily", _KEY, _MEASURES)
+    _resum("cdr_daily_cause", f"{_KEY}, disconnect_code", ["attempts", "answered"])
 
 
 def downgrade() -> None:
