@@ -52,15 +52,18 @@ class RequestBudget:
         """True when no request is left in the rolling hour."""
         return self.per_hour > 0 and self.spent_this_hour() >= self.per_hour
 
-    def acquire(self, wait: Callable[[float], object]) -> None:
-        """Take one request from the budget, pacing with ``wait`` (e.g. a stop event's wait)."""
+    def acquire(self, wait: Callable[[float], object]) -> bool:
+        """Take one request from the budget, pacing with ``wait`` (a stop event's wait): True
+        once taken; False, with none taken, as soon as ``wait`` answers true (the stop was
+        set: the event's wait returns at once from then on)."""
         while True:
             with self._lock:
                 delay = self._take()
                 if delay == 0.0:
                     self._recent.append(self._clock())
-                    return
-            wait(delay)
+                    return True
+            if wait(delay):
+                return False
 
     def _take(self) -> float:
         if self.per_second <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -144,3 +145,24 @@ def test_requests_of_windows_abandoned_by_a_stop_count_against_the_hour(
     assert [(status, inserted) for status, _n, inserted in ledger] == [("stopped", 0)]
     assert sim.requests_served > 0
     assert state.requests_last_hour(engine, "buyer1") == sim.requests_served
+
+
+def test_a_stop_ends_a_pacing_wait_without_taking_a_request() -> None:
+    """At a slow pace (one request per 100 s) a stop set during the wait ends it: acquire
+    answers False at once and takes no request. (It used to call the stop event's wait again
+    and again, which returned at once: the process spun until the token came, then sent the
+    request anyway.)"""
+    budget = RequestBudget(per_second=0.01, per_hour=0)
+    stop = threading.Event()
+    assert budget.acquire(stop.wait) is True  # the burst: at once
+    stop.set()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        assert len(waits) < 3, "acquire kept waiting after the stop"
+        return stop.wait(seconds)
+
+    assert budget.acquire(wait) is False
+    assert waits and waits[0] > 90  # it did wait for the pace, once
+    assert budget.spent_this_hour() == 1
