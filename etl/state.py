@@ -243,13 +243,17 @@ def database_now(engine: Engine) -> datetime:
 
 
 # Two processes' deep passes of one cron tick start within a minute of each other; one that
-# started earlier read its first windows before the other was due, and does not cover it.
+# started earlier read its first windows before the other was due, and does not cover it;
+# nor does one that ended before the other was due (a `sync --deep` run again right after
+# one: what changed in between is what it is run for). One with no end (its process died) ends
+# only when the next run of the account marks it abandoned, after the other was due.
 _SAME_TICK = text("""
 SELECT EXISTS (
     SELECT FROM etl_run r
     WHERE r.command = 'deep-sync' AND r.api_login = :login AND r.prefix = :prefix
       AND r.finishes_run IS NULL
       AND r.started_at >= CAST(:since AS timestamptz) - interval '1 minute'
+      AND (r.finished_at IS NULL OR r.finished_at >= CAST(:since AS timestamptz))
       AND (:running OR r.status <> 'running')
 )""")
 # A deep pass that ended without converging its period: failed windows, a spent request
@@ -319,8 +323,8 @@ def deep_pass_of_the_same_tick(
     engine: Engine, api_login: str, prefix: str, since: datetime, *, running: bool
 ) -> bool:
     """Whether a whole deep pass of the account and prefix (not the finishing of an older one)
-    of the same tick as one due at ``since`` (started at most a minute before it) has ended,
-    whatever its outcome, or, with ``running``, runs now. One that did not complete is
+    of the same tick as one due at ``since`` (started at most a minute before it) has ended
+    since, whatever its outcome, or, with ``running``, runs now. One that did not complete is
     finished by the account's next incremental pass, so a second whole pass would read the
     period twice; one that started earlier read its first windows before ``since``: it does
     not count."""

@@ -245,6 +245,24 @@ def test_a_deep_pass_another_process_ran_meanwhile_is_not_run_twice(
     assert deep.summary is None and deep.skipped == "done by another run since it was due"
 
 
+def test_a_deep_pass_right_after_another_one_ended_runs(sim: Simulator, engine: Engine) -> None:
+    """`sync --deep` run again a few seconds after one ended (say, after a re-rate was
+    announced): the earlier pass ended before this one was due, it read the period before the
+    re-rate, and does not cover it. (It skipped as "done by another run since it was due",
+    exit 0, and the re-rate stayed unread.)"""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    later = NOW + timedelta(hours=1)
+    first = run_pass(engine, job, DEEP, later)
+    assert first.ok and first.summary is not None
+    record = sim.records("buyer1")[-500]
+    sim.rerate("buyer1", record["i_cdr"], "7.777777")
+    again = run_pass(engine, job, DEEP, later)
+    assert again.ok and again.summary is not None and again.summary.windows > 0, again
+    amount = table_rows(engine, f"SELECT customer_amount FROM cdr WHERE i_cdr = {record['i_cdr']}")
+    assert [str(value) for (value,) in amount] == ["7.777777"]
+
+
 def test_watermark_never_moves_backwards(sim: Simulator, engine: Engine) -> None:
     """A pass run with an earlier clock leaves a later watermark alone."""
     settings = _settings(sim)
