@@ -262,11 +262,12 @@ DEEP_INCOMPLETE = ("failed", "paused", "stopped", "abandoned")
 # The last deep-sync run decides whether the deep pass completed; the last whole one (not
 # the finishing of another) is what a finishing run re-plans, and windows committed since it
 # began need no re-sync. (Those committed before it, by an older unfinished pass, were read
-# before the late CDRs and re-rates it is there to find.)
+# before the late CDRs and re-rates it is there to find.) A run of no prefix (from before
+# migration 0009, with no window or windows of several prefixes) counts for each prefix.
 _LAST_DEEP = text("""
 WITH deep AS (
     SELECT * FROM etl_run
-    WHERE command = 'deep-sync' AND api_login = :login AND prefix = :prefix
+    WHERE command = 'deep-sync' AND api_login = :login AND (prefix = :prefix OR prefix IS NULL)
 ), whole AS (
     SELECT id, range_start, range_end, started_at FROM deep
     WHERE finishes_run IS NULL ORDER BY id DESC LIMIT 1

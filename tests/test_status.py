@@ -123,6 +123,23 @@ def test_the_last_deep_pass_of_the_account_and_prefix_decides(engine: Engine) ->
     assert _deep(engine) == ("succeeded", False)
 
 
+def test_a_deep_pass_of_no_recorded_prefix_counts_for_each_prefix(engine: Engine) -> None:
+    """A deep pass stopped before its first window by a tcxc-etl from before migration 0009
+    (stopping the old daemon to upgrade does that) has no prefix: it is shown, and finished,
+    for each prefix of the login, as its last run is (it was invisible: `deep pass -`)."""
+    _deep_run(engine, "succeeded", prefix="44")
+    old = _deep_run(engine, "stopped", prefix="44")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE etl_run SET prefix = NULL WHERE id = :id"), {"id": old})
+    assert _deep(engine) == ("stopped", True)
+    assert _deep(engine, "44") == ("stopped", True)
+    last = state.last_deep_pass(engine, "buyer1", "44")
+    assert last is not None and last.whole_run_id == old
+    _deep_run(engine, "succeeded", prefix="44")
+    assert _deep(engine, "44") == ("succeeded", False)
+    assert _deep(engine) == ("stopped", True)
+
+
 def test_finishing_counts_from_the_last_whole_deep_pass(engine: Engine) -> None:
     """Windows committed since the last whole deep pass began need no re-sync when it is
     finished: finishing runs that fail again do not move that point (their own start would
