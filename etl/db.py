@@ -163,17 +163,24 @@ def check_schema(engine: Engine, *, upgrade: bool = False) -> None:
                 SCHEMA_REVISION,
             )
         return
+    problem = schema_problem(versions)
+    if problem:
+        raise DatabaseError(problem)
+
+
+def schema_problem(versions: list[str]) -> str | None:
+    """What is wrong with a database at ``versions`` for this code (None: nothing)."""
+    if versions == [SCHEMA_REVISION]:
+        return None
     if not versions:
-        raise DatabaseError(
-            "the database (DATABASE_URL) has no tcxc-etl schema: run `tcxc-etl migrate` first"
-        )
+        return "the database (DATABASE_URL) has no tcxc-etl schema: run `tcxc-etl migrate` first"
     found = ", ".join(sorted(versions))
     if all(version < SCHEMA_REVISION for version in versions):
-        raise DatabaseError(
+        return (
             f"the database schema is at revision {found}, this tcxc-etl needs "
             f"{SCHEMA_REVISION}: run `tcxc-etl migrate`"
         )
-    raise DatabaseError(_newer(versions))
+    return _newer(versions)
 
 
 def _newer(versions: list[str]) -> str:

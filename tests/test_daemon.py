@@ -275,6 +275,31 @@ def test_a_daemon_pass_is_counted_in_metrics_without_an_error(
     assert "Traceback" not in err and "raised an exception" not in err, err
 
 
+def test_a_daemon_stops_writing_once_the_database_is_migrated_past_it(
+    sim: Simulator, database_url: str
+) -> None:
+    """An old daemon still running while a newer tcxc-etl migrates the database (it checked
+    the revision only when it started) kept syncing into the newer schema. Each pass now reads
+    the revision first: on a change it writes nothing and the daemon exits 1, saying why."""
+    env = sim_env(sim, database_url, DAEMON_ENV, TCXC_WINDOW="7d", TCXC_SYNC_INTERVAL="1s")
+    proc = start_cli("daemon", env=env)
+    try:
+        _wait_for(database_url, "SELECT count(*) FROM etl_run WHERE status = 'succeeded'", 1)
+        with psycopg.connect(database_url) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        runs = _query(database_url, "SELECT count(*) FROM etl_run")[0][0]
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "revision 9999, newer than this tcxc-etl knows" in err, err
+    assert "the daemon stops" in err and "Traceback" not in err, err
+    # at most the pass running at the change ends after it; none starts afterwards
+    assert _query(database_url, "SELECT count(*) FROM etl_run")[0][0] <= runs + 1
+
+
 def test_the_deep_cron_job_runs_a_deep_pass(sim: Simulator, engine: Engine) -> None:
     """The daemon's cron job (TCXC_DEEP_SYNC_CRON) runs a deep pass: it fires when the expression
     says, re-syncs beyond the incremental lookback (a re-rate only it finds) and is counted as

@@ -202,10 +202,27 @@ def sync(app: AppContext, deep: bool) -> None:
 
 
 def daemon_passes(
-    engine: Engine, jobs: list[pipeline.Job], metrics: Metrics
+    engine: Engine,
+    jobs: list[pipeline.Job],
+    metrics: Metrics,
+    halt: Callable[[str], None] | None = None,
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """The daemon's two scheduled jobs (incremental, deep): a pass over every account, each
-    account's outcome counted in ``tcxc_runs_total`` by kind and status."""
+    account's outcome counted in ``tcxc_runs_total`` by kind and status.
+
+    Each pass first reads the schema revision: a database migrated since the daemon started
+    (by a newer tcxc-etl) or taken back is not written to; ``halt`` gets the reason (the
+    daemon stops on it). A database that cannot be read is left to the pass to report."""
+
+    def schema_moved() -> bool:
+        try:
+            versions = db.schema_versions(engine)
+        except EtlError:
+            return False
+        problem = db.schema_problem(versions)
+        if problem and halt is not None:
+            halt(f"{problem} (it changed since the daemon started); the daemon stops")
+        return problem is not None
 
     def recorder(kind: str) -> Callable[[PassResult], None]:
         def record(result: PassResult) -> None:
@@ -222,10 +239,12 @@ def daemon_passes(
         return record
 
     def incremental() -> None:
-        run_all(engine, jobs, INCREMENTAL, on_result=recorder(INCREMENTAL))
+        if not schema_moved():
+            run_all(engine, jobs, INCREMENTAL, on_result=recorder(INCREMENTAL))
 
     def deep() -> None:
-        run_all(engine, jobs, DEEP, on_result=recorder(DEEP))
+        if not schema_moved():
+            run_all(engine, jobs, DEEP, on_result=recorder(DEEP))
 
     return incremental, deep
 
@@ -248,8 +267,18 @@ def daemon(app: AppContext) -> None:
                 settings.metrics_port,
                 lambda: _statuses(engine, settings),
             )
-        scheduler = build_scheduler(settings, *daemon_passes(engine, jobs, metrics))
+        halted: list[str] = []
+
+        def halt(reason: str) -> None:
+            log.error("%s", reason)
+            halted.append(reason)
+            app.stop.set()
+
+        passes = daemon_passes(engine, jobs, metrics, halt)
+        scheduler = build_scheduler(settings, *passes)
         clean = run_until_signalled(scheduler, app.stop, settings.stop_timeout.total_seconds())
+    if halted:
+        exit_now(halted[0], 1)
     if not clean:  # a thread may still wait on a request: do not wait for it at exit
         exit_now(
             f"the running pass did not stop within TCXC_STOP_TIMEOUT ({settings.stop_timeout}); "
