@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from etl import payload
@@ -434,6 +434,58 @@ def load_settings(
     return Settings(**values)
 
 
+# Query parameters of a libpq URL that hold a password (libpq decodes a key's %-escapes too).
+PASSWORD_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def _split_url(url: str) -> tuple[str, str, str] | None:
+    """``url`` as (up to and with '://', the authority, the rest from its '/' or '?'), or
+    None when it has no '://'."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    return head + sep, rest[:end], rest[end:]
+
+
+def _query_parameters(rest: str) -> list[tuple[str, str]]:
+    """The ``key=value`` pairs of the query in ``rest``, as written (not decoded)."""
+    pairs = (pair.partition("=") for pair in rest.partition("?")[2].split("&") if pair)
+    return [(key, value) for key, _, value in pairs]
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password a libpq URL carries (after the user name's ':', a ``password=`` or
+    ``sslpassword=`` parameter), as written and %-decoded: what a log line must never show."""
+    parts = _split_url(url)
+    if parts is None:
+        return []
+    _, authority, rest = parts
+    found = []
+    userinfo, at, _ = authority.rpartition("@")
+    if at and ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    for key, value in _query_parameters(rest):
+        if unquote(key).lower() in PASSWORD_PARAMETERS:
+            found.append(value)
+    return list(dict.fromkeys(form for text in found if text for form in (text, unquote(text))))
+
+
 def mask_url(url: str) -> str:
-    """A database URL with its password replaced by ***, safe to print."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A database URL with each password (after the user name, even an empty one, and in a
+    ``password=``/``sslpassword=`` query parameter, its key %-encoded or not) shown as ***,
+    safe to print."""
+    parts = _split_url(url)
+    if parts is None:
+        return url
+    head, authority, rest = parts
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    path, question, query = rest.partition("?")
+    pairs = []
+    for pair in query.split("&"):
+        key, equals, _value = pair.partition("=")
+        hidden = equals and unquote(key).lower() in PASSWORD_PARAMETERS
+        pairs.append(f"{key}=***" if hidden else pair)
+    return head + authority + path + question + "&".join(pairs)

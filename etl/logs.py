@@ -29,20 +29,31 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _SIGNATURE.sub("***", _WORD.sub(piece, text) if kept else text)
 
 
+def _whole_word(word: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w.-]){re.escape(word)}(?![\w.-])")
+
+
 class RedactingFilter(logging.Filter):
     """Replaces known secrets and anything shaped like a SHA-256 signature with ***.
 
     ``secrets`` (API keys) are also masked in part (see ``scrub``); ``exact`` ones (a database
-    URL, whose words such as its host are no secret) only whole."""
+    URL, whose words such as its host are no secret) only whole; ``words`` (a database
+    password, which may be as plain as its user's name) only where no letter, digit or one of
+    ``_.-`` touches it (``tcxc`` in ``password=tcxc&`` but not in ``tcxc-etl``)."""
 
-    def __init__(self, secrets: Iterable[str] = (), exact: Iterable[str] = ()) -> None:
+    def __init__(
+        self, secrets: Iterable[str] = (), exact: Iterable[str] = (), words: Iterable[str] = ()
+    ) -> None:
         super().__init__()
         self.secrets = [secret for secret in secrets if len(secret) >= 4]
         self.exact = [secret for secret in exact if len(secret) >= 4]
+        self.words = [_whole_word(word) for word in words if len(word) >= 4]
 
     def redact(self, text: str) -> str:
         for secret in self.exact:
             text = text.replace(secret, "***")
+        for word in self.words:
+            text = word.sub("***", text)
         return scrub(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -58,12 +69,15 @@ class RedactingFilter(logging.Filter):
 
 
 def configure(
-    verbose: bool, secrets: Iterable[str] = (), exact: Iterable[str] = ()
+    verbose: bool,
+    secrets: Iterable[str] = (),
+    exact: Iterable[str] = (),
+    words: Iterable[str] = (),
 ) -> RedactingFilter:
     """Send log records to stderr through a redacting filter; return the filter."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
-    redactor = RedactingFilter(secrets, exact)
+    redactor = RedactingFilter(secrets, exact, words)
     handler.addFilter(redactor)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -344,6 +344,32 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
     assert row is not None and row[0] > 0 and row[1] > 0
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "postgresql://{host}/{db}?user={user}&password=Sup3rPassw0rd",
+        "postgresql://:Sup3rPassw0rd@{host}/{db}?user={user}",
+        "postgresql://{user}:Sup3rPassw0rd@{host}/{db}",
+        "postgresql://{host}/{db}?user={user}&pass%77ord=Sup3rPassw0rd",
+    ],
+)
+def test_db_url_and_demo_never_print_the_password(database_url: str, form: str) -> None:
+    """`db url` and `demo` print the configured database's URL with its password masked in
+    every form libpq accepts (in the query string, after an empty user name, ...)."""
+    from sqlalchemy.engine import make_url
+
+    parts = make_url(database_url)
+    host = f"{parts.host}:{parts.port}"
+    url = form.format(host=host, db=parts.database, user=parts.username)
+    shown = run_cli("db", "url", env={"DATABASE_URL": url})
+    assert shown.returncode == 0, shown.stderr
+    assert "Sup3rPassw0rd" not in shown.stdout + shown.stderr and "***" in shown.stdout
+    demo = run_cli("demo", "--cdrs", "50", "--days", "1", env={"DATABASE_URL": url})
+    assert demo.returncode == 0, demo.stderr
+    assert "Sup3rPassw0rd" not in demo.stdout + demo.stderr
+    assert any(line.startswith("database: ") for line in demo.stdout.splitlines())
+
+
 def test_simulator_serves_several_accounts() -> None:
     """`simulate --account LOGIN:KEY` adds a login with calls of its own; each login's key signs
     only its own requests. A malformed --account stops with one line that echoes no key."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import DEFAULT_API_URL, Secret, load_settings, mask_url
+from etl.config import DEFAULT_API_URL, Secret, load_settings, mask_url, url_passwords
 from etl.errors import ConfigError
 
 
@@ -66,6 +66,28 @@ def test_mask_url_hides_the_password() -> None:
     """A database URL printed for the operator shows *** instead of the password."""
     assert mask_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert repr(Secret("x")) == "Secret('********')"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://h/d?user=u&password=Secret9", "postgresql://h/d?user=u&password=***"),
+        ("postgresql://:Secret9@h/d?user=u", "postgresql://:***@h/d?user=u"),
+        ("postgresql://u:Sec%40ret9@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://h/d?pass%77ord=Secret9", "postgresql://h/d?pass%77ord=***"),
+        (
+            "postgresql://u@h/d?sslpassword=Secret9&port=5",
+            "postgresql://u@h/d?sslpassword=***&port=5",
+        ),
+    ],
+)
+def test_mask_url_hides_every_password_libpq_accepts(url: str, masked: str) -> None:
+    """A password in the query string (its key %-encoded or not), after an empty user name or
+    %-encoded is masked too (`db url` and `demo` printed them); ``url_passwords`` finds each,
+    as written and decoded, for the log redactor."""
+    assert mask_url(url) == masked
+    assert "Secret9" in url_passwords(url) or "Sec@ret9" in url_passwords(url)
+    assert mask_url("postgresql://u@h/d?host=/run") == "postgresql://u@h/d?host=/run"
 
 
 @pytest.mark.parametrize(

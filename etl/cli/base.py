@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from etl import db, memory, pipeline
 from etl.budget import RequestBudget
 from etl.client import ApiClient
-from etl.config import Account, Settings, check_prefix, load_settings
+from etl.config import Account, Settings, check_prefix, load_settings, url_passwords
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.logs import RedactingFilter, configure
 from etl.retry import RetryPolicy
@@ -163,8 +163,12 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
         os.environ, config_path, keys=ctx.invoked_subcommand not in COMMANDS_WITHOUT_API
     )
     keys = [settings.api_key, *(account.key for account in settings.configured_accounts)]
-    redactor = configure(verbose, [key.reveal() for key in keys], [settings.database_url.reveal()])
+    database_url = settings.database_url.reveal()
+    redactor = configure(
+        verbose, [key.reveal() for key in keys], [database_url], url_passwords(database_url)
+    )
     _REDACTOR.secrets, _REDACTOR.exact = redactor.secrets, redactor.exact
+    _REDACTOR.words = redactor.words
     ctx.obj = AppContext(settings=settings, verbose=verbose)
 
 
