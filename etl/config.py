@@ -158,12 +158,19 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+# The years a CDR's times may hold: TCXC_START_DATE, --from and --to are refused outside them.
+YEARS = range(1900, 2201)
+
+
 def _start_date(text: str) -> datetime:
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
-            return datetime.strptime(text.strip(), fmt)
+            moment = datetime.strptime(text.strip(), fmt)
         except ValueError:
             continue
+        if moment.year not in YEARS:
+            raise ValueError(f"is out of range: give a year from {YEARS[0]} to {YEARS[-1]}")
+        return moment
     raise ValueError("must be a date such as 2026-01-01 (in TCXC_API_TIMEZONE)")
 
 
@@ -207,28 +214,48 @@ def _number(text: str, expected: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    expected = "must be a positive number of seconds"
+MAX_TIMEOUT = 86_400.0  # a day; far beyond it a socket's timeout overflows
+
+
+def _timeout(text: str) -> float:
+    expected = f"must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} (a day)"
     value = _number(text, expected)
-    if not value > 0:
+    if not 0 < value <= MAX_TIMEOUT:
         raise ValueError(expected)
     return value
+
+
+MIN_RATE = 0.001  # one request per 1000 s; a slower pace would wait longer than a clock holds
 
 
 def _rate(text: str) -> float:
-    expected = "must be between 0 (no limit) and 100000 requests per second"
+    expected = f"must be 0 (no limit) or between {MIN_RATE} and 100000 requests per second"
     value = _number(text, expected)
-    if not 0 <= value <= 100_000:
+    if not (value == 0 or MIN_RATE <= value <= 100_000):
         raise ValueError(expected)
     return value
 
 
+_HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%-]+|[0-9A-Fa-f:.]+")  # (an IPv6 one without [])
+
+
 def _api_url(text: str) -> str:
+    text = text.strip()  # a pasted value's newline, as the key's and the login's
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL such as " + DEFAULT_API_URL)
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; use TCXC_API_LOGIN and TCXC_API_KEY")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("its port must be a number from 1 to 65535")
+    if any(char.isspace() for char in text):
+        raise ValueError("must not hold spaces (write one in its path as %20)")
+    if not _HOST.fullmatch(parts.hostname or ""):
+        raise ValueError("its host name holds a character a host name cannot")
     return text
 
 
@@ -241,10 +268,18 @@ def _bind_address(text: str) -> str:
         ) from None
 
 
+DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
 def _database_url(text: str) -> Secret:
     scheme = text.split("://", 1)[0] if "://" in text else ""
-    if not scheme.startswith("postgresql") and scheme != "postgres":
-        raise ValueError("must be a postgresql:// URL (or postgresql+psycopg://)")
+    if scheme not in DATABASE_SCHEMES:
+        raise ValueError(
+            "must be a postgresql:// URL (or postgres://, postgresql+psycopg://: the driver "
+            "is psycopg 3)"
+        )
+    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise ValueError("holds a '%' that starts no %-escape (write '%' itself as %25)")
     # libpq would read the part after a second '@' as the host and quote it in its error.
     if text.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
         raise ValueError("its user or password holds '@': write it as %40")
@@ -255,6 +290,12 @@ def _database_url(text: str) -> Secret:
         raise ValueError(
             "its host or port cannot be read (a port is a number, an IPv6 host is in [])"
         ) from None
+    for key, value in _query_parameters(text):
+        if unquote(key) == "port" and not all(
+            part.isascii() and part.isdigit() and 0 < int(part) < 65536
+            for part in unquote(value).split(",")
+        ):
+            raise ValueError("its port parameter must be a number from 1 to 65535")
     return Secret(text)
 
 
@@ -296,8 +337,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_WINDOW": ("window", parse_duration),
     "TCXC_WINDOW_ROWS": ("window_rows", _int_in(0, 10_000_000)),
     "TCXC_PREFIX": ("prefix", check_prefix),
-    "TCXC_CONNECT_TIMEOUT": ("connect_timeout", _positive_float),
-    "TCXC_READ_TIMEOUT": ("read_timeout", _positive_float),
+    "TCXC_CONNECT_TIMEOUT": ("connect_timeout", _timeout),
+    "TCXC_READ_TIMEOUT": ("read_timeout", _timeout),
     "TCXC_MAX_PAGES_PER_WINDOW": ("max_pages_per_window", _int_in(1, 10_000_000)),
     "TCXC_RAW_PAYLOAD": ("raw_payload", _raw_payload),
     "TCXC_EMBEDDED_DIR": ("embedded_dir", Path),

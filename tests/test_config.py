@@ -96,7 +96,7 @@ def test_mask_url_hides_every_password_libpq_accepts(url: str, masked: str) -> N
         ("TCXC_WINDOW_ROWS", "lots", "must be a whole number between 0 and 10000000"),
         ("TCXC_WORKERS", "2.5", "must be a whole number between 1 and 32"),
         ("TCXC_READ_TIMEOUT", "soon", "must be a positive number of seconds"),
-        ("TCXC_REQUESTS_PER_SECOND", "fast", "must be between 0 (no limit) and 100000"),
+        ("TCXC_REQUESTS_PER_SECOND", "fast", "must be 0 (no limit) or between 0.001 and 100000"),
     ],
 )
 def test_a_number_that_is_not_one_says_what_is_expected(name: str, value: str, says: str) -> None:
@@ -198,13 +198,28 @@ def test_credentials_in_a_url_are_never_echoed(name: str, value: str, secret: st
         {"TCXC_WINDOW": "3000000d"},
         {"DATABASE_URL": "postgresql://u@h:abc/db"},
         {"DATABASE_URL": "postgresql://u@[::1/db"},
+        {"DATABASE_URL": "postgresql+asyncpg://u:pw@h/db"},
+        {"DATABASE_URL": "postgresql+psycopg2://u:pw@h/db"},
+        {"DATABASE_URL": "postgresqlxyz://u:pw@h/db"},
+        {"DATABASE_URL": "postgresql://u:pw@h/db?port=abc"},
+        {"DATABASE_URL": "postgresql://u:p%zzw@h/db"},
+        {"TCXC_READ_TIMEOUT": "1e10"},
+        {"TCXC_CONNECT_TIMEOUT": "1e10"},
+        {"TCXC_REQUESTS_PER_SECOND": "1e-12"},
+        {"TCXC_API_URL": "http://127.0.0.1:abc/buyers/callhistory"},
+        {"TCXC_API_URL": "http://127.0.0.1:99999/buyers/callhistory"},
+        {"TCXC_API_URL": "http://api example.com/buyers/callhistory"},
+        {"TCXC_START_DATE": "0001-01-01"},
+        {"TCXC_START_DATE": "2201-01-01"},
     ],
 )
 def test_values_that_would_overflow_or_not_parse_later_are_refused_now(
     env: dict[str, str],
 ) -> None:
-    """A duration beyond any date arithmetic, or a database URL whose port or host cannot be
-    read, is a configuration error naming the setting (was an internal error later)."""
+    """A duration beyond any date arithmetic, a database URL of another driver or whose port or
+    host cannot be read, a timeout or a pace a socket or a clock overflows on, an API URL with
+    a bad port or host, a start date outside the years --from/--to take: each is a
+    configuration error naming the setting (was an internal error later, or a late one)."""
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert next(iter(env)) in str(info.value)
@@ -226,3 +241,19 @@ def test_a_duration_needs_its_unit(name: str) -> None:
     with pytest.raises(ConfigError, match=f"{name}.*30m, 6h or 1d"):
         load_settings({name: "3"})
     assert load_settings({name: "3s"})
+
+
+def test_an_api_url_is_trimmed_as_the_key_and_the_login_are() -> None:
+    """A pasted TCXC_API_URL's trailing newline or space is trimmed, not sent to the API; the
+    limits of the numbers the check bounds are accepted."""
+    settings = load_settings(
+        {
+            "TCXC_API_URL": "http://127.0.0.1:56210/buyers/callhistory \n",
+            "TCXC_READ_TIMEOUT": "86400",
+            "TCXC_REQUESTS_PER_SECOND": "0.001",
+            "DATABASE_URL": "postgresql+psycopg://u@h/db?port=5432",
+            "TCXC_START_DATE": "1900-01-01",
+        }
+    )
+    assert settings.api_url == "http://127.0.0.1:56210/buyers/callhistory"
+    assert load_settings({"TCXC_REQUESTS_PER_SECOND": "0"}).requests_per_second == 0

@@ -25,7 +25,14 @@ from sqlalchemy import Engine
 from etl import db, memory, pipeline
 from etl.budget import RequestBudget
 from etl.client import ApiClient
-from etl.config import Account, Settings, check_prefix, load_settings, url_passwords
+from etl.config import (
+    YEARS,
+    Account,
+    Settings,
+    check_prefix,
+    load_settings,
+    url_passwords,
+)
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.logs import RedactingFilter, configure
 from etl.retry import RetryPolicy
@@ -51,8 +58,10 @@ def parse_when(text: str, settings: Settings, option: str) -> datetime:
             moment = datetime.strptime(text.strip(), fmt).replace(tzinfo=settings.api_timezone)
         except ValueError:
             continue
-        if not 1900 <= moment.year <= 2200:  # the years a CDR's times may hold
-            raise UsageError(f"{option} {text!r} is out of range: give a year from 1900 to 2200")
+        if moment.year not in YEARS:  # the years a CDR's times may hold
+            raise UsageError(
+                f"{option} {text!r} is out of range: give a year from {YEARS[0]} to {YEARS[-1]}"
+            )
         return moment
     raise UsageError(f"{option} {text!r} is not a date such as 2026-01-31 or '2026-01-31 12:00:00'")
 
