@@ -319,6 +319,12 @@ def _raw_payload(text: str) -> str:
     return text
 
 
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("must be a folder path (leave it unset for the default)")
+    return Path(text)
+
+
 def check_prefix(text: str) -> str:
     """A destination prefix: digits, or '' for all (TCXC_PREFIX, an account's, --prefix)."""
     if text and not text.isdigit():
@@ -341,7 +347,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TCXC_READ_TIMEOUT": ("read_timeout", _timeout),
     "TCXC_MAX_PAGES_PER_WINDOW": ("max_pages_per_window", _int_in(1, 10_000_000)),
     "TCXC_RAW_PAYLOAD": ("raw_payload", _raw_payload),
-    "TCXC_EMBEDDED_DIR": ("embedded_dir", Path),
+    "TCXC_EMBEDDED_DIR": ("embedded_dir", _folder),
     "TCXC_EMBEDDED_PORT": ("embedded_port", _int_in(1024, 65535)),
     "TCXC_START_DATE": ("start_date", _start_date),
     "TCXC_LOOKBACK": ("lookback", parse_duration),
@@ -374,7 +380,12 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
         raise ConfigError([f"--config {path}: not valid TOML ({exc})"]) from None
     known = {name.lower(): name for name in SETTINGS}
     values: dict[str, Any] = {}
+    seen: set[str] = set()
     for key, value in data.items():
+        name = known.get(key.lower(), "")
+        if name in seen:
+            problems.append(f"--config {path}: {name} is set twice (once as {key!r})")
+        seen.add(name)
         if key == "accounts":
             if isinstance(value, list):
                 values["accounts"] = value
@@ -384,8 +395,8 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
             problems.append(f"--config {path}: unknown setting {key!r}")
         elif isinstance(value, dict | list):
             problems.append(f"--config {path}: {key} must be a single value")
-        else:
-            values[known[key.lower()]] = str(value)
+        elif str(value) != "":  # '' is unset, as in the environment
+            values[name] = str(value)
     return values
 
 
@@ -428,22 +439,30 @@ def _account_key(
             problems.append(f"{where}: environment variable {entry['key_env']} is not set")
         return key
     if "key_file" in entry:
-        path = Path(str(entry["key_file"]))
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            problems.append(f"{where}: cannot read key_file {path} ({exc.strerror})")
-            return ""
-        except UnicodeDecodeError:
-            problems.append(f"{where}: key_file {path} is not UTF-8 text")
-            return ""
-        if path.stat().st_mode & 0o077:
-            log.warning("key_file %s can be read by other users: chmod 600 it", path)
-        if not key:
-            problems.append(f"{where}: key_file {path} is empty")
-        return key
+        return _key_file(str(entry["key_file"]), where, problems)
     problems.append(f"{where}: needs key_env (an environment variable) or key_file")
     return ""
+
+
+def _key_file(name: str, where: str, problems: list[str]) -> str:
+    """The key an account's ``key_file`` holds ('' and a problem if it holds none)."""
+    if not name.strip():
+        problems.append(f"{where}: key_file is empty: give the path of a file holding the key")
+        return ""
+    path = Path(name)
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(f"{where}: cannot read key_file {path} ({exc.strerror})")
+        return ""
+    except UnicodeDecodeError:
+        problems.append(f"{where}: key_file {path} is not UTF-8 text")
+        return ""
+    if path.stat().st_mode & 0o077:
+        log.warning("key_file %s can be read by other users: chmod 600 it", path)
+    if not key:
+        problems.append(f"{where}: key_file {path} is empty")
+    return key
 
 
 def load_settings(

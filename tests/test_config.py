@@ -257,3 +257,27 @@ def test_an_api_url_is_trimmed_as_the_key_and_the_login_are() -> None:
     )
     assert settings.api_url == "http://127.0.0.1:56210/buyers/callhistory"
     assert load_settings({"TCXC_REQUESTS_PER_SECOND": "0"}).requests_per_second == 0
+
+
+def test_an_empty_value_in_the_file_is_unset_as_in_the_environment(tmp_path: Path) -> None:
+    """``tcxc_embedded_dir = ""`` made the current folder the embedded data folder: an empty
+    value in the file now means unset (the default), as an empty environment variable does;
+    a folder of only spaces, or an empty key_file, is refused."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('tcxc_embedded_dir = ""\ntcxc_prefix = ""\ndatabase_url = ""\n')
+    settings = load_settings({}, path)
+    assert settings.embedded_dir is None and settings.prefix == ""
+    assert not settings.has_database_url
+    with pytest.raises(ConfigError, match="TCXC_EMBEDDED_DIR"):
+        load_settings({"TCXC_EMBEDDED_DIR": "  "})
+    path.write_text('[[accounts]]\nlogin = "a"\nkey_file = ""\n')
+    with pytest.raises(ConfigError, match="key_file is empty"):
+        load_settings({}, path)
+
+
+def test_a_setting_written_twice_in_the_file_is_refused(tmp_path: Path) -> None:
+    """``tcxc_window`` and ``TCXC_WINDOW`` in one file: which one wins is not guessed."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('tcxc_window = "6h"\nTCXC_WINDOW = "1d"\n')
+    with pytest.raises(ConfigError, match="TCXC_WINDOW is set twice"):
+        load_settings({}, path)
