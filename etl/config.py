@@ -131,11 +131,7 @@ class Settings:
         config file were checked when it was read)."""
         if self.configured_accounts:
             return
-        problems = []
-        if not self.api_login:
-            problems.append("TCXC_API_LOGIN is not set: give the TCXC buyer login")
-        if not self.api_key:
-            problems.append("TCXC_API_KEY is not set: give the API key from the TCXC portal")
+        problems = _missing_credentials(self.api_login, self.api_key)
         if problems:
             raise ConfigError(problems)
 
@@ -327,8 +323,8 @@ def _folder(text: str) -> Path:
 
 def check_prefix(text: str) -> str:
     """A destination prefix: digits, or '' for all (TCXC_PREFIX, an account's, --prefix)."""
-    if text and not text.isdigit():
-        raise ValueError("must be digits, such as 44")
+    if text and not re.fullmatch("[0-9]+", text):  # not str.isdigit: '²' and '٤' are digits
+        raise ValueError("must be digits (0-9), such as 44")
     return text
 
 
@@ -401,10 +397,15 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
 
 
 def _accounts(
-    entries: list[Any], env: Mapping[str, str], problems: list[str], key_problems: list[str]
+    entries: list[Any],
+    env: Mapping[str, str],
+    problems: list[str],
+    key_problems: list[str],
+    default_prefix: str,
 ) -> list[Account]:
     """Accounts from the TOML ``[[accounts]]`` tables; keys come from env vars or files
-    (what is wrong with a key joins ``key_problems``)."""
+    (what is wrong with a key joins ``key_problems``); an entry without ``prefix`` takes
+    ``default_prefix`` (TCXC_PREFIX)."""
     accounts: list[Account] = []
     for number, entry in enumerate(entries, 1):
         where = f"--config [[accounts]] #{number}"
@@ -417,7 +418,7 @@ def _accounts(
             problems.append(f"{where} ({login}): unknown keys {sorted(unknown)}")
         key = _account_key(entry, env, f"{where} ({login})", key_problems)
         try:
-            prefix = check_prefix(str(entry.get("prefix", "")))
+            prefix = check_prefix(str(entry.get("prefix", default_prefix)))
         except ValueError as exc:
             problems.append(f"{where} ({login}): prefix {exc}")
             continue
@@ -470,18 +471,22 @@ def load_settings(
 ) -> Settings:
     """Build Settings from a TOML file and the environment, or raise one ConfigError.
     ``keys=False`` (a command that calls no API): an account's key that cannot be read is
-    left empty instead of being a problem."""
+    left empty instead of being a problem (and missing API credentials are left to
+    ``require_credentials``); with ``keys``, they are named beside any other problem."""
     problems: list[str] = []
     raw = _read_toml(config_path, problems) if config_path else {}
-    if config_path and raw.get("TCXC_API_KEY") and config_path.stat().st_mode & 0o077:
-        log.warning("%s holds an API key and can be read by other users: chmod 600 it", config_path)
+    if config_path:
+        _warn_if_readable(config_path, raw)
     raw.update({name: env[name] for name in SETTINGS if env.get(name, "") != ""})
     values: dict[str, Any] = {}
     if "accounts" in raw:
         key_problems: list[str] = problems if keys else []
+        default = _valid_prefix(raw.get("TCXC_PREFIX", ""))
+        entries = raw.pop("accounts")
         values["configured_accounts"] = tuple(
-            _accounts(raw.pop("accounts"), env, problems, key_problems)
+            _accounts(entries, env, problems, key_problems, default)
         )
+        problems.extend(_replaced_by_accounts(raw, config_path))
     for name, text in raw.items():
         attr, parse = SETTINGS[name]
         try:
@@ -489,9 +494,69 @@ def load_settings(
         except ValueError as exc:
             shown = "(hidden)" if name in SECRET_SETTINGS else repr(_without_userinfo(text))
             problems.append(f"{name}={shown}: {exc}")
+    problems.extend(_conflicts(values))
+    if problems and keys and "configured_accounts" not in values:
+        problems.extend(_missing_credentials(values.get("api_login"), values.get("api_key")))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))
     return Settings(**values)
+
+
+def _warn_if_readable(path: Path, raw: Mapping[str, Any]) -> None:
+    """Warn when the file holds a secret (an API key, a database password) that other users
+    can read."""
+    if not path.stat().st_mode & 0o077:
+        return
+    if raw.get("TCXC_API_KEY"):
+        log.warning("%s holds an API key and can be read by other users: chmod 600 it", path)
+    if url_passwords(str(raw.get("DATABASE_URL", ""))):
+        log.warning(
+            "%s holds a database password (in database_url) and can be read by other users: "
+            "chmod 600 it",
+            path,
+        )
+
+
+def _valid_prefix(text: str) -> str:
+    """``text`` if it is a valid prefix, else '' (its problem is reported as TCXC_PREFIX's)."""
+    try:
+        return check_prefix(text)
+    except ValueError:
+        return ""
+
+
+def _replaced_by_accounts(raw: Mapping[str, str], path: Path | None) -> list[str]:
+    """TCXC_API_LOGIN and TCXC_API_KEY mean nothing beside [[accounts]]: name them rather
+    than ignore them (the account they name would silently not be synced)."""
+    given = [name for name in ("TCXC_API_LOGIN", "TCXC_API_KEY") if raw.get(name)]
+    if not given:
+        return []
+    return [
+        f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} set, but --config {path} "
+        "lists [[accounts]], which replace them: unset "
+        f"{'them' if len(given) > 1 else 'it'} or add that account to the file"
+    ]
+
+
+def _conflicts(values: Mapping[str, Any]) -> list[str]:
+    """Settings that are each valid but cannot work together."""
+    lag_alert = values.get("lag_alert", Settings.lag_alert)
+    settle_lag = values.get("settle_lag", Settings.settle_lag)
+    if lag_alert <= settle_lag:
+        return [
+            f"TCXC_LAG_ALERT ({lag_alert}) must be longer than TCXC_SETTLE_LAG ({settle_lag}): "
+            "passes stop TCXC_SETTLE_LAG before now, so status would alert forever"
+        ]
+    return []
+
+
+def _missing_credentials(login: str | None, key: Secret | None) -> list[str]:
+    problems = []
+    if not login:
+        problems.append("TCXC_API_LOGIN is not set: give the TCXC buyer login")
+    if not key:
+        problems.append("TCXC_API_KEY is not set: give the API key from the TCXC portal")
+    return problems
 
 
 # Query parameters of a libpq URL that hold a password (libpq decodes a key's %-escapes too).

@@ -281,3 +281,73 @@ def test_a_setting_written_twice_in_the_file_is_refused(tmp_path: Path) -> None:
     path.write_text('tcxc_window = "6h"\nTCXC_WINDOW = "1d"\n')
     with pytest.raises(ConfigError, match="TCXC_WINDOW is set twice"):
         load_settings({}, path)
+
+
+def test_tcxc_prefix_is_the_default_of_accounts_without_a_prefix(tmp_path: Path) -> None:
+    """TCXC_PREFIX was ignored for [[accounts]] entries: it is now their default prefix (an
+    entry's own ``prefix``, even ``""`` for all destinations, wins)."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text(
+        '[[accounts]]\nlogin = "a"\nkey_env = "K"\n'
+        '[[accounts]]\nlogin = "b"\nkey_env = "K"\nprefix = "1"\n'
+        '[[accounts]]\nlogin = "c"\nkey_env = "K"\nprefix = ""\n'
+    )
+    settings = load_settings({"K": "key", "TCXC_PREFIX": "44"}, path)
+    assert [(a.login, a.prefix) for a in settings.accounts] == [("a", "44"), ("b", "1"), ("c", "")]
+
+
+def test_api_credentials_beside_accounts_are_refused_naming_both(tmp_path: Path) -> None:
+    """TCXC_API_LOGIN and TCXC_API_KEY were silently ignored when the file lists accounts (the
+    account they name was never synced): one problem names both."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('[[accounts]]\nlogin = "a"\nkey_env = "K"\n')
+    env = {"K": "key", "TCXC_API_LOGIN": "b", "TCXC_API_KEY": "k3y-b"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, path)
+    assert len(info.value.problems) == 1
+    assert "TCXC_API_LOGIN and TCXC_API_KEY" in str(info.value) and "k3y-b" not in str(info.value)
+
+
+def test_a_lag_alert_within_the_settle_lag_is_refused_naming_both() -> None:
+    """Passes stop TCXC_SETTLE_LAG before now: a TCXC_LAG_ALERT no longer than it alerted
+    forever."""
+    with pytest.raises(ConfigError, match=r"TCXC_LAG_ALERT .* TCXC_SETTLE_LAG"):
+        load_settings({"TCXC_LAG_ALERT": "5m"})
+    with pytest.raises(ConfigError, match=r"TCXC_LAG_ALERT .* TCXC_SETTLE_LAG"):
+        load_settings({"TCXC_SETTLE_LAG": "3h"})
+    assert load_settings({"TCXC_LAG_ALERT": "11m"}).lag_alert == timedelta(minutes=11)
+
+
+def test_missing_credentials_are_named_with_the_other_problems() -> None:
+    """A command that calls the API names a missing TCXC_API_KEY beside the other bad
+    settings, not only after they are fixed; one that calls none (``keys=False``) does not."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TCXC_API_LOGIN": "a", "TCXC_PAGE_SIZE": "abc"})
+    assert "TCXC_PAGE_SIZE" in str(info.value) and "TCXC_API_KEY" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TCXC_PAGE_SIZE": "abc"}, keys=False)
+    assert "TCXC_API_KEY" not in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["²", "٤4", "44 "])
+def test_a_prefix_of_other_digits_is_refused(prefix: str) -> None:
+    """'²' and '٤' pass str.isdigit(): a prefix is ASCII digits only (it matched nothing and
+    the run succeeded with 0 rows)."""
+    with pytest.raises(ConfigError, match="TCXC_PREFIX"):
+        load_settings({"TCXC_PREFIX": prefix})
+
+
+def test_a_readable_file_with_a_database_password_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config file others can read warns when its database_url holds a password, as it does
+    for an API key (in every form the URL may carry one); never showing the password."""
+    path = tmp_path / "tcxc.toml"
+    path.write_text('database_url = "postgresql://h/d?user=u&password=Secret9"\n')
+    path.chmod(0o644)
+    load_settings({}, path)
+    assert "database password" in caplog.text and "Secret9" not in caplog.text
+    path.chmod(0o600)
+    caplog.clear()
+    load_settings({}, path)
+    assert "database password" not in caplog.text

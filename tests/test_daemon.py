@@ -222,7 +222,8 @@ def test_status_reports_and_exits_1_when_lagging(sim: Simulator, database_url: s
     assert account["api_login"] == "buyer1" and account["watermark"]
     assert account["rows_loaded_24h"] == len(_truth(sim))
     assert account["failed_windows_pending"] == 0
-    lagging = run_cli("status", env={**env, "TCXC_LAG_ALERT": "1s"})
+    # (the lag alert must exceed the settle lag; the sync's watermark is 10m old)
+    lagging = run_cli("status", env={**env, "TCXC_LAG_ALERT": "2s", "TCXC_SETTLE_LAG": "1s"})
     assert lagging.returncode == 1 and "buyer1" in lagging.stderr
 
 
@@ -234,7 +235,8 @@ def test_health_fails_when_lagging(sim: Simulator, database_url: str) -> None:
         database_url,
         DAEMON_ENV,
         TCXC_METRICS_PORT=str(port),
-        TCXC_LAG_ALERT="1s",
+        TCXC_LAG_ALERT="2s",  # (more than the settle lag: lagging a second after a pass)
+        TCXC_SETTLE_LAG="1s",
         TCXC_WINDOW="7d",
     )
     proc = start_cli("daemon", env=env)
@@ -243,9 +245,11 @@ def test_health_fails_when_lagging(sim: Simulator, database_url: str) -> None:
         while time.monotonic() < deadline:
             try:
                 answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                break
+                if answer.status_code == 503:
+                    break
             except requests.ConnectionError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         assert answer.status_code == 503 and answer.json()["lagging"] == ["buyer1"]
     finally:
         proc.send_signal(signal.SIGTERM)
