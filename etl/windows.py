@@ -111,6 +111,11 @@ def _offset(instant: datetime, tz: tzinfo) -> timedelta:
     return offset
 
 
+# A plan of more windows is refused before it is built (1-second windows over years grew the
+# process's memory without bound): a million windows already take about 200 MB.
+MAX_WINDOWS = 1_000_000
+
+
 def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Window]:
     """Cut ``[start, end]`` into windows of ``size`` (the last one may be shorter).
 
@@ -127,6 +132,13 @@ def plan_windows(start: datetime, end: datetime, size: timedelta) -> Iterator[Wi
         raise UsageError(f"the range is empty: {start.isoformat()} is not before {end.isoformat()}")
     if size < timedelta(seconds=1):
         raise ValueError("the window size must be at least one second")
+    planned = -(-(_instant(end) - _instant(start)) // size)  # (within a DST change's hour)
+    if planned > MAX_WINDOWS:
+        raise UsageError(
+            f"TCXC_WINDOW ({size}) cuts {start.isoformat()} .. {end.isoformat()} into about "
+            f"{planned:,} windows, more than {MAX_WINDOWS:,}: give a longer TCXC_WINDOW or a "
+            "shorter range"
+        )
     cursor = start.replace(microsecond=0)
     final = end.replace(microsecond=0) + (timedelta(seconds=1) if end.microsecond else timedelta())
     lower = _existing(cursor)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.errors import UsageError
-from etl.windows import Coverage, Window, coalesce_count, plan_windows
+from etl.windows import MAX_WINDOWS, Coverage, Window, coalesce_count, plan_windows
 
 aware = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -30,6 +30,17 @@ def test_windows_tile_the_range_without_gaps(
     for before, after in itertools.pairwise(windows):
         assert before.end == after.start
     assert all(w.start < w.end <= w.start + timedelta(seconds=size) for w in windows)
+
+
+def test_a_plan_of_too_many_windows_is_refused_before_it_is_built() -> None:
+    """1-second windows over years grew memory without bound while planning: a plan of more
+    than MAX_WINDOWS is one usage error naming TCXC_WINDOW and the range, raised at once."""
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    plan = plan_windows(start, datetime(2026, 11, 2, tzinfo=UTC), timedelta(seconds=1))
+    with pytest.raises(UsageError, match=r"TCXC_WINDOW \(0:00:01\) cuts 2020-01-01.*2026-11-02"):
+        next(plan)
+    fits = start + timedelta(seconds=MAX_WINDOWS)
+    assert sum(1 for _ in plan_windows(start, fits, timedelta(seconds=1))) == MAX_WINDOWS
 
 
 def test_empty_range_is_a_usage_error() -> None:
