@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from etl import payload
+from etl import dburl, payload
 from etl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -264,40 +264,8 @@ def _bind_address(text: str) -> str:
         ) from None
 
 
-DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
-
-
 def _database_url(text: str) -> Secret:
-    scheme = text.split("://", 1)[0] if "://" in text else ""
-    if scheme not in DATABASE_SCHEMES:
-        raise ValueError(
-            "must be a postgresql:// URL (or postgres://, postgresql+psycopg://: the driver "
-            "is psycopg 3)"
-        )
-    if re.search(r"%(?![0-9A-Fa-f]{2})", text):
-        raise ValueError("holds a '%' that starts no %-escape (write '%' itself as %25)")
-    # libpq would read the part after a second '@' as the host and quote it in its error.
-    if text.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
-        raise ValueError("its user or password holds '@': write it as %40")
-    try:
-        parts = urlsplit(text)
-        _ = parts.hostname, parts.port
-    except ValueError:
-        raise ValueError(
-            "its host or port cannot be read (a port is a number, an IPv6 host is in [])"
-        ) from None
-    for key, value in _query_parameters(text):
-        if unquote(key) == "port" and not all(
-            part.isascii() and part.isdigit() and 0 < int(part) < 65536
-            for part in unquote(value).split(",")
-        ):
-            raise ValueError("its port parameter must be a number from 1 to 65535")
-    return Secret(text)
-
-
-def _without_userinfo(text: str) -> str:
-    """``text`` with anything between '://' and an '@' of the authority shown as ***."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", text)
+    return Secret(dburl.check_database_url(text))
 
 
 def _timezone(text: str) -> ZoneInfo:
@@ -492,7 +460,7 @@ def load_settings(
         try:
             values[attr] = parse(text)
         except ValueError as exc:
-            shown = "(hidden)" if name in SECRET_SETTINGS else repr(_without_userinfo(text))
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(dburl.without_userinfo(text))
             problems.append(f"{name}={shown}: {exc}")
     problems.extend(_conflicts(values))
     if problems and keys and "configured_accounts" not in values:
@@ -509,7 +477,7 @@ def _warn_if_readable(path: Path, raw: Mapping[str, Any]) -> None:
         return
     if raw.get("TCXC_API_KEY"):
         log.warning("%s holds an API key and can be read by other users: chmod 600 it", path)
-    if url_passwords(str(raw.get("DATABASE_URL", ""))):
+    if dburl.url_passwords(str(raw.get("DATABASE_URL", ""))):
         log.warning(
             "%s holds a database password (in database_url) and can be read by other users: "
             "chmod 600 it",
@@ -557,60 +525,3 @@ def _missing_credentials(login: str | None, key: Secret | None) -> list[str]:
     if not key:
         problems.append("TCXC_API_KEY is not set: give the API key from the TCXC portal")
     return problems
-
-
-# Query parameters of a libpq URL that hold a password (libpq decodes a key's %-escapes too).
-PASSWORD_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def _split_url(url: str) -> tuple[str, str, str] | None:
-    """``url`` as (up to and with '://', the authority, the rest from its '/' or '?'), or
-    None when it has no '://'."""
-    head, sep, rest = url.partition("://")
-    if not sep:
-        return None
-    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    return head + sep, rest[:end], rest[end:]
-
-
-def _query_parameters(rest: str) -> list[tuple[str, str]]:
-    """The ``key=value`` pairs of the query in ``rest``, as written (not decoded)."""
-    pairs = (pair.partition("=") for pair in rest.partition("?")[2].split("&") if pair)
-    return [(key, value) for key, _, value in pairs]
-
-
-def url_passwords(url: str) -> list[str]:
-    """Every password a libpq URL carries (after the user name's ':', a ``password=`` or
-    ``sslpassword=`` parameter), as written and %-decoded: what a log line must never show."""
-    parts = _split_url(url)
-    if parts is None:
-        return []
-    _, authority, rest = parts
-    found = []
-    userinfo, at, _ = authority.rpartition("@")
-    if at and ":" in userinfo:
-        found.append(userinfo.partition(":")[2])
-    for key, value in _query_parameters(rest):
-        if unquote(key).lower() in PASSWORD_PARAMETERS:
-            found.append(value)
-    return list(dict.fromkeys(form for text in found if text for form in (text, unquote(text))))
-
-
-def mask_url(url: str) -> str:
-    """A database URL with each password (after the user name, even an empty one, and in a
-    ``password=``/``sslpassword=`` query parameter, its key %-encoded or not) shown as ***,
-    safe to print."""
-    parts = _split_url(url)
-    if parts is None:
-        return url
-    head, authority, rest = parts
-    userinfo, at, hosts = authority.rpartition("@")
-    if at and ":" in userinfo:
-        authority = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    path, question, query = rest.partition("?")
-    pairs = []
-    for pair in query.split("&"):
-        key, equals, _value = pair.partition("=")
-        hidden = equals and unquote(key).lower() in PASSWORD_PARAMETERS
-        pairs.append(f"{key}=***" if hidden else pair)
-    return head + authority + path + question + "&".join(pairs)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import DEFAULT_API_URL, Secret, load_settings, mask_url, url_passwords
+from etl.config import DEFAULT_API_URL, Secret, load_settings
+from etl.dburl import mask_url, url_passwords
 from etl.errors import ConfigError
 
 

@@ -25,14 +25,8 @@ from sqlalchemy import Engine
 from etl import db, memory, pipeline
 from etl.budget import RequestBudget
 from etl.client import ApiClient
-from etl.config import (
-    YEARS,
-    Account,
-    Settings,
-    check_prefix,
-    load_settings,
-    url_passwords,
-)
+from etl.config import YEARS, Account, Settings, check_prefix, load_settings
+from etl.dburl import url_passwords
 from etl.errors import ConfigError, EtlError, UsageError
 from etl.logs import RedactingFilter, configure
 from etl.retry import RetryPolicy

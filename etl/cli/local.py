@@ -12,7 +12,8 @@ import click
 from etl import db
 from etl.cli.base import AppContext, cli, database, make_job
 from etl.cli.sync import run_backfill
-from etl.config import Account, Secret, mask_url
+from etl.config import Account, Secret
+from etl.dburl import mask_url
 from etl.errors import UsageError
 
 
