@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date
 from decimal import Decimal
@@ -266,3 +267,39 @@ def test_0010_sums_the_daily_rollups_again_from_the_hours(empty_database_url: st
         engine.dispose()
     assert [tuple(row) for row in daily] == [(date(2026, 10, 25), 4, 2, Decimal("1.0"))]
     assert [tuple(row) for row in causes] == [(4, 2)]
+
+
+def test_0011_writes_older_rejects_as_a_sync_writes_them_now(empty_database_url: str) -> None:
+    """Rejects stored before exact JSON numbers (8e5e866) hold their record as json.dumps
+    wrote it (", " and ": " separators, ASCII escapes): met again after an upgrade, the same
+    record was stored a second time under the new text's digest. The upgrade rewrites their
+    text and digest as a sync writes them now, and keeps the first of any two that become one."""
+    from etl.jsonparse import dumps_text, loads
+
+    body = b'[{"i_cdr":"7","duration":"abc","CLD":"\\u00e9t\\u00e9","billing_price_1":0.00498}]'
+    (record,) = loads(body)
+    now = dumps_text(record)  # what a sync stores today
+    old = json.dumps(record | {"billing_price_1": 0.00498}, ensure_ascii=True)
+    other = json.dumps({"i_cdr": "8", "duration": "x"}, ensure_ascii=True)
+    insert = text(
+        "INSERT INTO cdr_reject (api_login, i_cdr, reason, raw, raw_digest)"
+        " VALUES ('buyer1', :i, 'duration is not an integer', :raw, :digest)"
+    )
+    engine = db.make_engine(empty_database_url)
+    try:
+        db.migrate(engine, "0010")
+        with engine.begin() as conn:
+            for i_cdr, raw in (("7", old), ("8", other), ("7", now)):
+                digest = hashlib.sha256(raw.encode()).hexdigest()
+                conn.execute(insert, {"i": i_cdr, "raw": raw, "digest": digest})
+        db.migrate(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, raw, raw_digest FROM cdr_reject ORDER BY id"))
+            found = [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
+    compact_other = '{"i_cdr":"8","duration":"x"}'
+    assert found == [
+        (1, now, hashlib.sha256(now.encode()).hexdigest()),
+        (2, compact_other, hashlib.sha256(compact_other.encode()).hexdigest()),
+    ]
