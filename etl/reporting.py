@@ -62,13 +62,14 @@ _CDR_HOURS = """api_login = %(login)s AND (
         AND setup_time >= %(lo)s AND setup_time < %(hi)s + interval '1 hour'))"""
 _BUCKETS = "c.hour_start BETWEEN %(lo)s AND %(hi)s"
 _HOURS = "t.api_login = %(login)s AND t.hour_start BETWEEN %(lo)s AND %(hi)s"
-# The hours of the days lo..hi: by their day, read through the hour index from a few hours
-# before lo's midnight (where a zone's clock goes back at midnight, midnight happens twice and
-# PostgreSQL reads it as the later one: the day's first hour is before it) to a few after hi's.
+# The hours of the days lo..hi, read through the hour index from lo's first instant to the
+# next day's (cdr_day_start, migration 0010: where the clock goes back at midnight, midnight
+# happens twice, PostgreSQL reads ``day::timestamp AT TIME ZONE`` as the later one, and the
+# day's first hour is before it), and by their day as well.
 _HOURS_OF_DAYS = (
     "t.api_login = %(login)s AND t.day BETWEEN %(lo)s AND %(hi)s"
-    " AND t.hour_start >= %(lo)s::timestamp AT TIME ZONE %(tz)s - interval '3 hours'"
-    " AND t.hour_start < (%(hi)s + 1)::timestamp AT TIME ZONE %(tz)s + interval '3 hours'"
+    " AND t.hour_start >= cdr_day_start(%(lo)s, %(tz)s)"
+    " AND t.hour_start < cdr_day_start(%(hi)s + 1, %(tz)s)"
 )
 _DAYS = "t.api_login = %(login)s AND t.day BETWEEN %(lo)s AND %(hi)s"
 

@@ -534,25 +534,18 @@ def test_day_bounds_of_the_views_are_the_first_instant_of_the_day(
         ("2026-10-25T01:00:00+00:00", 1),
         ("2026-10-25T12:00:00+00:00", 1),
     ]
-    # America/Havana goes back at midnight on 2026-11-01, a month's first day.
-    starts = "SELECT cdr_day_start(%s, %s), cdr_day_start(%s, %s), cdr_day_start(%s, %s)"
-    found = query(
-        pg,
-        starts,
-        date(2026, 11, 1),
-        "America/Havana",
-        date(2026, 3, 8),
-        "America/Havana",
-        date(2026, 7, 1),
-        "Europe/London",
-    )
-    assert found == [
-        (
-            datetime(2026, 11, 1, 4, tzinfo=UTC),  # the earlier midnight (-04), not 05:00Z
-            datetime(2026, 3, 8, 5, tzinfo=UTC),  # no midnight: the day begins at 01:00 (-04)
-            datetime(2026, 6, 30, 23, tzinfo=UTC),
-        )
+    days = [  # America/Havana goes back at midnight on 2026-11-01, a month's first day
+        (date(2026, 11, 1), "America/Havana", datetime(2026, 11, 1, 4)),  # not 05:00Z (-05)
+        (date(2026, 3, 8), "America/Havana", datetime(2026, 3, 8, 5)),  # no midnight: 01:00 -04
+        (date(2026, 7, 1), "Europe/London", datetime(2026, 6, 30, 23)),
+        # back 3 hours at 02:00 (+11 to +08): midnight at 13:00Z, and at 16:00Z again
+        (date(2023, 3, 9), "Antarctica/Casey", datetime(2023, 3, 8, 13)),
+        (date(2011, 12, 30), "Pacific/Apia", datetime(2011, 12, 30, 10)),  # skipped: the 31st's
+        (date(2026, 10, 4), "Australia/Lord_Howe", datetime(2026, 10, 3, 13, 30)),
     ]
+    for day, zone, first in days:
+        found = query(pg, "SELECT cdr_day_start(%s, %s)", day, zone)
+        assert found == [(first.replace(tzinfo=UTC),)], (day, zone)
 
 
 # --- the rollup and the views against Python --------------------------------------------------

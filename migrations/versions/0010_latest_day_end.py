@@ -38,16 +38,20 @@ down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The earlier midnight, when there are two, is the later one less the clock's step back: the
-# tz database's steps are 30 minutes (Australia/Lord_Howe), 1 and 2 hours (Antarctica/Troll).
-# A day without a midnight (the clock goes forward at midnight) begins where PostgreSQL reads
-# it: at 01:00 of the new offset.
+# The first instant of a day: its midnight, read (as PostgreSQL does for a local time that
+# happens twice) as the later one, or, where the clock went back across midnight, the earlier:
+# midnight at one of the UTC offsets the zone had in the day before (every half hour of it;
+# steps back in the tz database are 30 minutes to 3 hours, Antarctica/Casey's). A day without
+# a midnight (the clock goes forward at midnight) begins where PostgreSQL reads it: at 01:00 of
+# the new offset; a day the zone skipped (Pacific/Apia, 2011-12-30) where the next one begins.
 _DAY_START = """
 CREATE FUNCTION cdr_day_start(day date, zone text) RETURNS timestamptz
 LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
 SELECT least(s, (SELECT min(c)
-                 FROM unnest(ARRAY[s - interval '2 hours', s - interval '1 hour',
-                                   s - interval '30 minutes']) c
+                 FROM (SELECT (day::timestamp - ((t AT TIME ZONE zone) - (t AT TIME ZONE 'UTC')))
+                              AT TIME ZONE 'UTC' AS c
+                       FROM generate_series(s - interval '26 hours', s, interval '30 minutes') t
+                      ) earlier
                  WHERE c AT TIME ZONE zone = day::timestamp))
 FROM (SELECT day::timestamp AT TIME ZONE zone AS s) midnight
 $$
