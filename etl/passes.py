@@ -142,6 +142,7 @@ def run_pass(
     job: Job,
     kind: str,
     now: datetime | None = None,
+    due: datetime | None = None,
 ) -> PassResult:
     """One pass of ``kind`` for one account, under the account's lock.
 
@@ -151,11 +152,18 @@ def run_pass(
     pass of the account and prefix ended meanwhile (another daemon's, due at the same time;
     if it did not complete, the next incremental pass finishes it). An incremental pass that
     succeeds then finishes the account's last deep pass if it did not complete
-    (``PassResult.deep_retry``)."""
+    (``PassResult.deep_retry``).
+
+    A deep pass is due at ``due``: the daemon's, at its cron tick (so that a same-tick pass of
+    another daemon that ended before this one even started, a few seconds late, covers it);
+    by default when it starts (a `sync --deep` run again right after one runs again)."""
     where = f"{kind} pass of account {job.api_login}"
     deep = kind == DEEP
     with database_errors(where):
-        due = state.database_now(engine) if deep else None
+        if deep and due is None:
+            due = state.database_now(engine)
+        elif not deep:
+            due = None
     with (
         database_errors(where),
         account_lock(engine, job.api_login, wait=deep, stop=job.stop) as locked,
@@ -203,12 +211,13 @@ def run_all(
     kind: str,
     now: datetime | None = None,
     on_result: Callable[[PassResult], None] | None = None,
+    due: datetime | None = None,
 ) -> list[PassResult]:
     """A pass for every account, TCXC_PARALLEL_ACCOUNTS logins at a time; one account's
     failure does not stop the others. Entries of one login (with different prefixes) share
     its lock, so they run one after the other rather than skip each other. Results come back
     in the order of ``jobs``; ``on_result`` is called (in the caller's thread) as each login's
-    entries finish."""
+    entries finish. ``due``: when a deep pass was due (see ``run_pass``), for every account."""
     if not jobs:
         return []
     by_login: dict[str, list[int]] = {}
@@ -218,7 +227,7 @@ def run_all(
     at_once = max(1, min(jobs[0].settings.parallel_accounts, len(by_login)))
 
     def one_login(numbers: list[int]) -> list[tuple[int, PassResult | None]]:
-        return [(n, _pass_or_error(engine, jobs[n], kind, now)) for n in numbers]
+        return [(n, _pass_or_error(engine, jobs[n], kind, now, due)) for n in numbers]
 
     with ThreadPoolExecutor(at_once, thread_name_prefix="account") as pool:
         futures = [pool.submit(one_login, numbers) for numbers in by_login.values()]
@@ -232,11 +241,13 @@ def run_all(
     return [done[n] for n in sorted(done)]
 
 
-def _pass_or_error(engine: Engine, job: Job, kind: str, now: datetime | None) -> PassResult | None:
+def _pass_or_error(
+    engine: Engine, job: Job, kind: str, now: datetime | None, due: datetime | None
+) -> PassResult | None:
     if job.stop.is_set():
         return None
     try:
-        return run_pass(engine, job, kind, now)
+        return run_pass(engine, job, kind, now, due)
     except EtlError as error:
         log.error("pass failed account=%s pass=%s error=%s", job.api_login, kind, error)
         return PassResult(job.api_login, None, error=error)

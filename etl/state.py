@@ -235,10 +235,12 @@ def backfill_windows_done(
     return {(row[0], row[1]) for row in rows}
 
 
-def database_now(engine: Engine) -> datetime:
-    """The database's clock (what the ledger's times are written by)."""
+def database_now(engine: Engine, *, minute: bool = False) -> datetime:
+    """The database's clock (what the ledger's times are written by); with ``minute``, the
+    start of its minute (a cron tick: when a scheduled job fired)."""
+    clock = "date_trunc('minute', clock_timestamp())" if minute else "clock_timestamp()"
     with engine.connect() as conn:
-        moment: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        moment: datetime = conn.execute(text(f"SELECT {clock}")).scalar_one()
     return moment
 
 

@@ -18,6 +18,7 @@ import requests
 from prometheus_client import generate_latest
 from sqlalchemy import Engine
 
+from etl import state
 from etl.cli.sync import daemon_passes
 from etl.metrics import Metrics
 from etl.passes import DEEP, INCREMENTAL
@@ -440,6 +441,25 @@ def test_status_and_health_show_a_deep_pass_that_did_not_complete(
         server.shutdown()
         server.server_close()
     assert run_cli("status", env=env).returncode == 0
+
+
+def test_the_daemons_deep_job_is_due_at_its_cron_tick(sim: Simulator, engine: Engine) -> None:
+    """Another daemon's whole deep pass of this minute's tick ended before this daemon's deep
+    job ran (it fired a few seconds late): the job is due at the tick, so it skips instead of
+    reading the deep period again."""
+    settings = make_settings(
+        sim, start_date=datetime(2026, 9, 21), window=timedelta(days=5),
+        deep_lookback=timedelta(days=400),
+    )  # fmt: skip
+    incremental, deep = daemon_passes(engine, [make_job(settings)], Metrics())
+    incremental()
+    while state.database_now(engine).second >= 50:  # (not across a minute boundary)
+        time.sleep(1)
+    other = state.start_run(engine, DEEP, "buyer1", None, None, prefix="")
+    state.finish_run(engine, other, "succeeded", 0, state.Counts(), None)
+    deep()
+    deep_runs = "SELECT count(*) FROM etl_run WHERE command = 'deep-sync'"
+    assert table_rows(engine, deep_runs) == [(1,)]
 
 
 def test_the_daemon_counts_the_deep_pass_an_incremental_pass_finishes(

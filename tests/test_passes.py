@@ -263,6 +263,25 @@ def test_a_deep_pass_right_after_another_one_ended_runs(sim: Simulator, engine: 
     assert [str(value) for (value,) in amount] == ["7.777777"]
 
 
+def test_a_daemon_deep_pass_firing_late_is_covered_by_its_ticks_pass(
+    sim: Simulator, engine: Engine
+) -> None:
+    """Two daemons' deep jobs fire at the same cron tick, one a few seconds late (a paused VM,
+    a clock behind): the other's whole pass began after the tick and ended before the late one
+    started. Due at the tick (what the daemon passes), the late one skips; a pass due when it
+    starts (`sync --deep`) runs."""
+    job = make_job(_settings(sim))
+    assert run_pass(engine, job, INCREMENTAL, NOW).ok
+    tick = state.database_now(engine)
+    other = state.start_run(engine, DEEP, "buyer1", START, NOW, prefix="")
+    state.finish_run(engine, other, "succeeded", 0, state.Counts(), None)
+    later = NOW + timedelta(hours=1)
+    late = run_pass(engine, job, DEEP, later, due=tick)
+    assert late.summary is None and late.skipped == "done by another run since it was due"
+    manual = run_pass(engine, job, DEEP, later)
+    assert manual.ok and manual.summary is not None and manual.summary.windows > 0
+
+
 def test_watermark_never_moves_backwards(sim: Simulator, engine: Engine) -> None:
     """A pass run with an earlier clock leaves a later watermark alone."""
     settings = _settings(sim)
