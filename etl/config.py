@@ -346,10 +346,11 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     seen: set[str] = set()
     for key, value in data.items():
-        name = known.get(key.lower(), "")
-        if name in seen:
-            problems.append(f"--config {path}: {name} is set twice (once as {key!r})")
-        seen.add(name)
+        name = known.get(key.lower())  # (None: [[accounts]] or an unknown key, named below)
+        if name is not None:
+            if name in seen:
+                problems.append(f"--config {path}: {name} is set twice (once as {key!r})")
+            seen.add(name)
         if key == "accounts":
             if isinstance(value, list):
                 values["accounts"] = value
@@ -360,7 +361,7 @@ def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
         elif isinstance(value, dict | list):
             problems.append(f"--config {path}: {key} must be a single value")
         elif str(value) != "":  # '' is unset, as in the environment
-            values[name] = str(value)
+            values[known[key.lower()]] = str(value)
     return values
 
 

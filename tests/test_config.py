@@ -282,6 +282,12 @@ def test_a_setting_written_twice_in_the_file_is_refused(tmp_path: Path) -> None:
     path.write_text('tcxc_window = "6h"\nTCXC_WINDOW = "1d"\n')
     with pytest.raises(ConfigError, match="TCXC_WINDOW is set twice"):
         load_settings({}, path)
+    # unknown keys and [[accounts]] are not settings set twice
+    path.write_text('foo = 1\nbar = 2\n[[accounts]]\nlogin = "a"\nkey_env = "K"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"K": "k"}, path)
+    assert "set twice" not in str(refused.value), refused.value
+    assert "unknown setting 'foo'" in str(refused.value)
 
 
 def test_tcxc_prefix_is_the_default_of_accounts_without_a_prefix(tmp_path: Path) -> None:
