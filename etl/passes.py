@@ -159,11 +159,11 @@ def run_pass(
     by default when it starts (a `sync --deep` run again right after one runs again)."""
     where = f"{kind} pass of account {job.api_login}"
     deep = kind == DEEP
-    with database_errors(where):
-        if deep and due is None:
+    if not deep:
+        due = None
+    elif due is None:
+        with database_errors(where):
             due = state.database_now(engine)
-        elif not deep:
-            due = None
     with (
         database_errors(where),
         account_lock(engine, job.api_login, wait=deep, stop=job.stop) as locked,

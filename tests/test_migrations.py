@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -169,6 +171,24 @@ def test_the_wheel_carries_the_migrations(tmp_path: Path) -> None:
     assert {"etl/migrations/env.py", "etl/migrations/script.py.mako"} <= names
 
 
+def _upgraded(
+    url: str, revision: str, inserts: Iterable[tuple[str, dict[str, Any]]], *queries: str
+) -> list[list[tuple[Any, ...]]]:
+    """Each query's rows once a database at ``revision``, given ``inserts`` (statements and
+    their parameters), is upgraded to head."""
+    engine = db.make_engine(url)
+    try:
+        db.migrate(engine, revision)
+        with engine.begin() as conn:
+            for statement, params in inserts:
+                conn.execute(text(statement), params)
+        db.migrate(engine)
+        with engine.connect() as conn:
+            return [[tuple(row) for row in conn.execute(text(query))] for query in queries]
+    finally:
+        engine.dispose()
+
+
 def test_0007_records_each_conflicting_record_once_whatever_raw_held(
     empty_database_url: str,
 ) -> None:
@@ -184,89 +204,62 @@ def test_0007_records_each_conflicting_record_once_whatever_raw_held(
         {**columns, "api_login": "buyer1", "raw": record},
         {**columns, "api_login": "buyer1", "customer_amount": 2.5, "raw": {}},
     ]
-    engine = db.make_engine(empty_database_url)
-    try:
-        db.migrate(engine, "0006")
-        with engine.begin() as conn:
-            for payload in payloads:
-                conn.execute(
-                    text(
-                        "INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id,"
-                        " incoming_call_id, incoming_payload, payload_digest)"
-                        " VALUES (5, 'buyer1', 'c1', 'c2', CAST(:p AS jsonb),"
-                        " md5(CAST(:p AS jsonb)::text))"
-                    ),
-                    {"p": json.dumps(payload)},
-                )
-        db.migrate(engine)
-        with engine.connect() as conn:
-            kept = conn.execute(
-                text(
-                    "SELECT id, payload_digest = "
-                    + CONFLICT_DIGEST.format(p="incoming_payload")
-                    + " FROM cdr_conflict ORDER BY id"
-                )
-            ).all()
-    finally:
-        engine.dispose()
-    assert [tuple(row) for row in kept] == [(1, True), (3, True)]
+    insert = (
+        "INSERT INTO cdr_conflict (i_cdr, api_login, kept_call_id, incoming_call_id,"
+        " incoming_payload, payload_digest) VALUES (5, 'buyer1', 'c1', 'c2', CAST(:p AS jsonb),"
+        " md5(CAST(:p AS jsonb)::text))"
+    )
+    (kept,) = _upgraded(
+        empty_database_url,
+        "0006",
+        [(insert, {"p": json.dumps(payload)}) for payload in payloads],
+        "SELECT id, payload_digest = "
+        + CONFLICT_DIGEST.format(p="incoming_payload")
+        + " FROM cdr_conflict ORDER BY id",
+    )
+    assert kept == [(1, True), (3, True)]
 
 
 def test_0009_gives_older_runs_the_one_prefix_of_their_windows(empty_database_url: str) -> None:
     """Runs from before 0009 take the prefix of their ledger rows when they have exactly one;
     a run with none, or with windows of two prefixes, has no prefix (NULL)."""
-    engine = db.make_engine(empty_database_url)
+    run = ("INSERT INTO etl_run (command, api_login) VALUES ('sync', 'b')", {})
     window = (
         "INSERT INTO sync_window (run_id, api_login, prefix, window_start, window_end, status)"
         " VALUES (:run, 'buyer1', :prefix, now(), now(), 'done')"
     )
-    try:
-        db.migrate(engine, "0008")
-        with engine.begin() as conn:
-            for _ in range(4):
-                conn.execute(text("INSERT INTO etl_run (command, api_login) VALUES ('sync', 'b')"))
-            for run, prefix in ((1, ""), (1, ""), (2, "44"), (3, ""), (3, "44")):
-                conn.execute(text(window), {"run": run, "prefix": prefix})
-        db.migrate(engine)
-        with engine.connect() as conn:
-            prefixes = conn.execute(text("SELECT id, prefix FROM etl_run ORDER BY id")).all()
-    finally:
-        engine.dispose()
-    assert [tuple(row) for row in prefixes] == [(1, ""), (2, "44"), (3, None), (4, None)]
+    windows = ((1, ""), (1, ""), (2, "44"), (3, ""), (3, "44"))
+    (prefixes,) = _upgraded(
+        empty_database_url,
+        "0008",
+        [run] * 4 + [(window, {"run": n, "prefix": prefix}) for n, prefix in windows],
+        "SELECT id, prefix FROM etl_run ORDER BY id",
+    )
+    assert prefixes == [(1, ""), (2, "44"), (3, None), (4, None)]
 
 
 def test_0010_sums_the_daily_rollups_again_from_the_hours(empty_database_url: str) -> None:
     """Days that a refresh summed without their first hour (a midnight that happens twice)
     are summed again from cdr_hourly, which was right."""
-    engine = db.make_engine(empty_database_url)
     hour = (
         "INSERT INTO cdr_hourly VALUES (:at, '2026-10-25', 'b', 'PT', 7, 'v', 16,"
         " :n, 1, 1, 60, 60, 0.5, 0, 0, 0, 0)"
     )
-    try:
-        db.migrate(engine, "0009")
-        with engine.begin() as conn:
-            for at in ("2026-10-25 00:00Z", "2026-10-25 01:00Z"):
-                conn.execute(text(hour), {"at": at, "n": 2})
-            conn.execute(  # the first hour left out
-                text(
-                    "INSERT INTO cdr_daily VALUES ('2026-10-25', 'b', 'PT', 7, 'v',"
-                    " 2, 1, 1, 60, 60, 0.5, 0, 0, 0, 0)"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO cdr_daily_cause VALUES ('2026-10-25', 'b', 'PT', 7, 'v', 16, 2, 1)"
-                )
-            )
-        db.migrate(engine)
-        with engine.connect() as conn:
-            daily = conn.execute(text("SELECT day, attempts, answered, spend FROM cdr_daily")).all()
-            causes = conn.execute(text("SELECT attempts, answered FROM cdr_daily_cause")).all()
-    finally:
-        engine.dispose()
-    assert [tuple(row) for row in daily] == [(date(2026, 10, 25), 4, 2, Decimal("1.0"))]
-    assert [tuple(row) for row in causes] == [(4, 2)]
+    daily = (  # the first hour left out
+        "INSERT INTO cdr_daily VALUES ('2026-10-25', 'b', 'PT', 7, 'v',"
+        " 2, 1, 1, 60, 60, 0.5, 0, 0, 0, 0)"
+    )
+    cause = "INSERT INTO cdr_daily_cause VALUES ('2026-10-25', 'b', 'PT', 7, 'v', 16, 2, 1)"
+    hours = [(hour, {"at": at, "n": 2}) for at in ("2026-10-25 00:00Z", "2026-10-25 01:00Z")]
+    days, causes = _upgraded(
+        empty_database_url,
+        "0009",
+        [*hours, (daily, {}), (cause, {})],
+        "SELECT day, attempts, answered, spend FROM cdr_daily",
+        "SELECT attempts, answered FROM cdr_daily_cause",
+    )
+    assert days == [(date(2026, 10, 25), 4, 2, Decimal("1.0"))]
+    assert causes == [(4, 2)]
 
 
 def test_0011_writes_older_rejects_as_a_sync_writes_them_now(empty_database_url: str) -> None:
@@ -281,23 +274,19 @@ def test_0011_writes_older_rejects_as_a_sync_writes_them_now(empty_database_url:
     now = dumps_text(record)  # what a sync stores today
     old = json.dumps(record | {"billing_price_1": 0.00498}, ensure_ascii=True)
     other = json.dumps({"i_cdr": "8", "duration": "x"}, ensure_ascii=True)
-    insert = text(
+    insert = (
         "INSERT INTO cdr_reject (api_login, i_cdr, reason, raw, raw_digest)"
         " VALUES ('buyer1', :i, 'duration is not an integer', :raw, :digest)"
     )
-    engine = db.make_engine(empty_database_url)
-    try:
-        db.migrate(engine, "0010")
-        with engine.begin() as conn:
-            for i_cdr, raw in (("7", old), ("8", other), ("7", now)):
-                digest = hashlib.sha256(raw.encode()).hexdigest()
-                conn.execute(insert, {"i": i_cdr, "raw": raw, "digest": digest})
-        db.migrate(engine)
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT id, raw, raw_digest FROM cdr_reject ORDER BY id"))
-            found = [tuple(row) for row in rows]
-    finally:
-        engine.dispose()
+    (found,) = _upgraded(
+        empty_database_url,
+        "0010",
+        [
+            (insert, {"i": i_cdr, "raw": raw, "digest": hashlib.sha256(raw.encode()).hexdigest()})
+            for i_cdr, raw in (("7", old), ("8", other), ("7", now))
+        ],
+        "SELECT id, raw, raw_digest FROM cdr_reject ORDER BY id",
+    )
     compact_other = '{"i_cdr":"8","duration":"x"}'
     assert found == [
         (1, now, hashlib.sha256(now.encode()).hexdigest()),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from alembic import op
 
@@ -59,45 +60,47 @@ $$
 _TZ = "(SELECT applied_time_zone FROM reporting_config)"
 # 0002's text -> this revision's.
 _PERIOD = {
-    "date_trunc('month', d.latest_day::timestamp) AT TIME ZONE d.time_zone AS month_start_at": "cdr_day_start(date_trunc('month', d.latest_day::timestamp)::date, d.time_zone)"
-    " AS month_start_at",
-    "d.latest_day::timestamp AT TIME ZONE d.time_zone AS latest_day_start_at": "cdr_day_start(d.latest_day, d.time_zone) AS latest_day_start_at,\n"
-    "       cdr_day_start(d.latest_day + 1, d.time_zone) AS latest_day_end_at",
+    "date_trunc('month', d.latest_day::timestamp) AT TIME ZONE d.time_zone AS month_start_at": (
+        "cdr_day_start(date_trunc('month', d.latest_day::timestamp)::date, d.time_zone)"
+        " AS month_start_at"
+    ),
+    "d.latest_day::timestamp AT TIME ZONE d.time_zone AS latest_day_start_at": (
+        "cdr_day_start(d.latest_day, d.time_zone) AS latest_day_start_at,\n"
+        "       cdr_day_start(d.latest_day + 1, d.time_zone) AS latest_day_end_at"
+    ),
 }
 _HOURLY = {
     f"""WHERE h.hour_start >= ((SELECT max(day) FROM cdr_daily)
                            - ((SELECT hourly_days FROM reporting_config) - 1))::timestamp
-                          AT TIME ZONE {_TZ}""": f"""WHERE h.hour_start >= cdr_day_start((SELECT max(day) FROM cdr_daily)
+                          AT TIME ZONE {_TZ}""": (
+        f"""WHERE h.hour_start >= cdr_day_start((SELECT max(day) FROM cdr_daily)
                                          - ((SELECT hourly_days FROM reporting_config) - 1),
-                                         {_TZ})""",
+                                         {_TZ})"""
+    ),
 }
 
 
 _KEY = "day, api_login, country_name, i_vendor, vendor_name"
-_MEASURES = (
-    "attempts answered ner_delivered billed_seconds duration_seconds spend tta_seconds tta_calls"
-    " cost_mismatches cost_difference"
-).split()
-_NUMERIC = ("spend", "tta_seconds", "cost_difference")
 _REBUILD_LOCK = "SELECT pg_advisory_xact_lock(31756, -1)"  # etl.reporting: LOCK_KEY, rebuild
 
 
-def _resum(table: str, key: str, measures: list[str]) -> None:
-    sums = ", ".join(f"sum({m})" + ("" if m in _NUMERIC else "::bigint") for m in measures)
-    op.execute(f"DELETE FROM {table}")
-    op.execute(
-        f"INSERT INTO {table} ({key}, {', '.join(measures)})"
-        f" SELECT {key}, {sums} FROM cdr_hourly GROUP BY {key}"
-    )
-
-
-def _views_of_0002() -> dict[str, str]:
+def _migration_0002() -> ModuleType:
+    """0002's module: its views and measures, which this revision reuses."""
     path = Path(__file__).with_name("0002_reporting.py")
     spec = importlib.util.spec_from_file_location("tcxc_migration_0002", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.VIEWS)
+    return module
+
+
+def _resum(table: str, key: str, measures: list[str], sums: str) -> None:
+    """``table`` summed again from cdr_hourly (as ``h``)."""
+    op.execute(f"DELETE FROM {table}")
+    op.execute(
+        f"INSERT INTO {table} ({key}, {', '.join(measures)})"
+        f" SELECT {key}, {sums} FROM cdr_hourly h GROUP BY {key}"
+    )
 
 
 def _replaced(body: str, changes: dict[str, str]) -> str:
@@ -109,7 +112,8 @@ def _replaced(body: str, changes: dict[str, str]) -> str:
 
 
 def upgrade() -> None:
-    views = _views_of_0002()
+    reporting = _migration_0002()
+    views = dict(reporting.VIEWS)
     op.execute(_DAY_START)
     op.execute(
         "CREATE OR REPLACE VIEW v_reporting_period AS "
@@ -119,12 +123,13 @@ def upgrade() -> None:
         "CREATE OR REPLACE VIEW v_hourly_kpi AS " + _replaced(views["v_hourly_kpi"], _HOURLY)
     )
     op.execute(_REBUILD_LOCK)
-    _resum("cdr_daily", _KEY, _MEASURES)
-    _resum("cdr_daily_cause", f"{_KEY}, disconnect_code", ["attempts", "answered"])
+    _resum("cdr_daily", _KEY, list(reporting._MEASURES), reporting._SUMS)
+    counts = "sum(h.attempts)::bigint AS attempts, sum(h.answered)::bigint AS answered"
+    _resum("cdr_daily_cause", f"{_KEY}, disconnect_code", ["attempts", "answered"], counts)
 
 
 def downgrade() -> None:
-    views = _views_of_0002()
+    views = dict(_migration_0002().VIEWS)
     # A view cannot lose a column in place: v_reporting_period is made again.
     op.execute("DROP VIEW v_reporting_period")
     op.execute("CREATE VIEW v_reporting_period AS " + views["v_reporting_period"])

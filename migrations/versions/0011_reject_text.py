@@ -68,6 +68,11 @@ def _text_now(raw: str) -> str:
         return _ascii_text(value)
 
 
+def _digest(text: str) -> str:
+    """etl.load.save_rejects's digest of a reject's text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def upgrade() -> None:
     conn = op.get_bind()
     conn.execute(sa.text("CREATE TEMPORARY TABLE reject_text (id bigint, raw text, digest text)"))
@@ -80,20 +85,14 @@ def upgrade() -> None:
         if not rows:
             break
         last = rows[-1][0]
-        changed = [(row_id, _text_now(raw)) for row_id, raw in rows]
-        changed = [(row_id, now) for (row_id, now), (_i, raw) in zip(changed, rows) if now != raw]
+        texts = ((row_id, raw, _text_now(raw)) for row_id, raw in rows)
+        changed = [
+            {"id": row_id, "raw": now, "digest": _digest(now)}
+            for row_id, raw, now in texts
+            if now != raw
+        ]
         if changed:
-            conn.execute(
-                sa.text("INSERT INTO reject_text VALUES (:id, :raw, :digest)"),
-                [
-                    {
-                        "id": row_id,
-                        "raw": now,
-                        "digest": hashlib.sha256(now.encode("utf-8", "surrogatepass")).hexdigest(),
-                    }
-                    for row_id, now in changed
-                ],
-            )
+            conn.execute(sa.text("INSERT INTO reject_text VALUES (:id, :raw, :digest)"), changed)
     op.execute("""
 WITH next AS (
     SELECT r.id, r.api_login, coalesce(t.digest, r.raw_digest) AS digest
